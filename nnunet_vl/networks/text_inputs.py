@@ -1,0 +1,37 @@
+"""The tensors a vision-language network receives for one batch of text."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class TextInputs:
+    """Token ids and attention masks of one batch (B samples, C classes incl. background).
+
+    report_ids, report_mask:   (B, Lr)     the per-case report of each sample
+    class_ids, class_mask:     (C, Lc)     one full description per class, row 0 = background
+    concept_ids, concept_mask: (C, K, Lk)  one sentence per concept (shape, location, ...) per class
+    concept_present:           (C, K)      False where a class has no text for that concept
+    Masks are 1 for real tokens and 0 for padding.
+    """
+
+    report_ids: torch.Tensor
+    report_mask: torch.Tensor
+    class_ids: torch.Tensor
+    class_mask: torch.Tensor
+    concept_ids: torch.Tensor
+    concept_mask: torch.Tensor
+    concept_present: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "TextInputs":
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    @property
+    def batch_size(self) -> int:
+        return self.report_ids.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_ids.shape[0]
