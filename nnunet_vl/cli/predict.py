@@ -1,0 +1,101 @@
+"""nnUNetv2_predict_vl: nnUNetv2_predict's flags, plus the text each case is predicted with."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nnunet_vl.cli.errors import run_with_clear_errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Predict with a nnunet_vl model (same flags as nnUNetv2_predict). The "
+                                            "report of each case is looked up by case id in --reports, else in the "
+                                            "dataset's text cache in nnUNet_preprocessed.")
+    p.add_argument("-i", required=True, help="input folder (files named CASE_0000<ending> as for nnUNetv2_predict)")
+    p.add_argument("-o", required=True, help="output folder")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-tr", default="nnUNetTrainerBiPVL", help="trainer class (default nnUNetTrainerBiPVL)")
+    p.add_argument("-c", required=True, help="configuration")
+    p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4)")
+    p.add_argument("-step_size", type=float, default=0.5, help="sliding window step size (default 0.5)")
+    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--save_probabilities", action="store_true")
+    p.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
+    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (>= 1)")
+    p.add_argument("-nps", type=int, default=3, help="segmentation export processes (>= 1)")
+    p.add_argument("-num_parts", type=int, default=1)
+    p.add_argument("-part_id", type=int, default=0)
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
+    p.add_argument("--disable_progress_bar", action="store_true")
+    p.add_argument("--not_on_device", action="store_true")
+    p.add_argument("--reports", default=None,
+                   help="reports of the cases to predict: .json object or .csv/.tsv with case_id,report")
+    p.add_argument("--text-mode", default="report", choices=["report", "none", "shuffled"],
+                   help="report: each case's own report; none: empty text; shuffled: another case's report")
+    p.add_argument("--save-attention", action="store_true",
+                   help="TMCA models: also write the text-conditioned attention map of each case "
+                        "(<case>_attention<ending>) aligned to the input")
+    return p
+
+
+def load_reports_argument(path: str) -> dict[str, str]:
+    """Reports from --reports; every problem (duplicates, empty, not UTF-8) is an error naming the file."""
+    from nnunet_vl.text.contract import TextContractError, TextProblem, _clean_reports, read_reports_file
+
+    problems: list[TextProblem] = []
+    raw = read_reports_file(Path(path), problems)
+    reports = _clean_reports(raw, path, problems)
+    if problems:
+        raise TextContractError(problems)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run() -> None:
+        import torch
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+        from nnunet_vl.inference.predictor import nnUNetPredictorVL
+
+        if args.npp < 1 or args.nps < 1:
+            raise ValueError("-npp and -nps must be at least 1 (the sequential mode is not supported with text)")
+        if args.part_id >= args.num_parts:
+            raise ValueError("-part_id must be smaller than -num_parts")
+        reports = load_reports_argument(args.reports) if args.reports else None
+        if args.device == "cpu":
+            import multiprocessing
+
+            torch.set_num_threads(multiprocessing.cpu_count())
+        predictor = nnUNetPredictorVL(tile_step_size=args.step_size, use_gaussian=True,
+                                      use_mirroring=not args.disable_tta,
+                                      perform_everything_on_device=not args.not_on_device,
+                                      device=torch.device(args.device), verbose=args.verbose,
+                                      verbose_preprocessing=args.verbose,
+                                      allow_tqdm=not args.disable_progress_bar, text_mode=args.text_mode,
+                                      save_attention=args.save_attention)
+        folds = [f if f == "all" else int(f) for f in args.f]
+        predictor.initialize_from_trained_model_folder(get_output_folder(args.d, args.tr, args.p, args.c), folds,
+                                                       checkpoint_name=args.chk)
+        if reports is not None:
+            predictor.set_reports(reports, args.reports)
+        from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+
+        cases = get_identifiers_from_splitted_dataset_folder(args.i, predictor.dataset_json["file_ending"])
+        predictor.text_provider.check_reports(list(cases), predictor.text_mode)
+        Path(args.o).mkdir(parents=True, exist_ok=True)
+        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                     overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
+                                     num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
+                                     part_id=args.part_id)
+
+    return run_with_clear_errors(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""BiPVL-Seg on nnU-Net: an nnU-Net encoder interleaved with progressive text chunks and fusion blocks."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_vl.networks.fusion import BidirectionalFusionBlock
+from nnunet_vl.networks.text_branch import ProgressiveTextEncoder, masked_mean
+from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
+
+
+class BiPVLUNet(nn.Module):
+    """nnU-Net's U-Net with bidirectional progressive vision-language fusion (BiPVL-Seg).
+
+    After each encoder stage in `fusion_stages` the next chunk of text layers runs, then a
+    `BidirectionalFusionBlock` exchanges information between the stage's feature map and the text;
+    the fused map replaces the stage output (next stage and skip), the fused text feeds the next
+    chunk. All fusion gates start at zero, so an untrained network computes exactly `image_unet(x)`.
+
+    Aux outputs (`return_aux=True`), all embeddings L2-normalised except the maps:
+      text_class      (B, C, P)  class text from the final fused text, mean over each class's tokens
+      visual_{k}      (B, P, *S_k) fused output of encoder stage k, projected by a 1x1 conv (the loss
+                                   mask-pools and normalises it; pooling commutes with the projection)
+      concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder
+      concept_present (C, K)     bool
+      log_vars        (2,)       learned log-variances of (global, local), only with uncertainty_weighting
+    """
+
+    def __init__(
+        self,
+        image_unet: nn.Module,
+        text_encoder: nn.Module,
+        fusion_stages: Sequence[int],
+        fusion_dim: int,
+        fusion_heads: int,
+        fusion_depth: int,
+        num_classes: int,
+        proj_dim: int = 128,
+        uncertainty_weighting: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = encoder_stage_channels(image_unet)
+        stages = sorted(set(int(k) for k in fusion_stages))
+        if not stages or stages[0] < 0 or stages[-1] >= len(channels):
+            raise ValueError(f"fusion_stages {list(fusion_stages)} must be non-empty indices of the {len(channels)} encoder stages")
+        self.image_unet = image_unet
+        self.fusion_stages = stages
+        self.num_classes = num_classes
+        self.text_branch = ProgressiveTextEncoder(text_encoder, n_chunks=len(stages), num_segments=1 + num_classes)
+        hidden = self.text_branch.hidden_size
+        conv_op = image_unet.encoder.conv_op
+        self.fusion = nn.ModuleList(
+            BidirectionalFusionBlock(conv_op, channels[k], hidden, fusion_dim, fusion_heads, fusion_depth) for k in stages
+        )
+        self.visual_projections = nn.ModuleList(conv_op(channels[k], proj_dim, kernel_size=1) for k in stages)
+        self.text_projection = nn.Linear(hidden, proj_dim)
+        self.log_vars = nn.Parameter(torch.zeros(2)) if uncertainty_weighting else None
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        """The wrapped Hugging Face model (load pretrained weights into it; give it its own learning rate)."""
+        return self.text_branch.text_encoder
+
+    def text_encoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.text_encoder.parameters()
+
+    def forward(
+        self, x: torch.Tensor, text: TextInputs | None = None, return_aux: bool = False
+    ) -> torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor | list[torch.Tensor], dict[str, torch.Tensor]]:
+        """x (B, in_channels, *spatial) -> what image_unet(x) returns, plus the aux dict if return_aux.
+
+        text=None runs the plain image U-Net (no fusion); aux outputs then are not available.
+        """
+        if text is None:
+            if return_aux:
+                raise ValueError("return_aux needs text")
+            return self.image_unet(x)
+        if text.num_classes != self.num_classes:
+            raise ValueError(f"text has {text.num_classes} class descriptions, the network {self.num_classes} classes")
+        hidden, mask = self.text_branch.embed(text)
+        layer_mask = self.text_branch.layer_mask(hidden, mask)
+        block_of_stage = {k: i for i, k in enumerate(self.fusion_stages)}
+        visual: dict[str, torch.Tensor] = {}
+
+        def fuse(k: int, features: torch.Tensor) -> torch.Tensor:
+            nonlocal hidden
+            i = block_of_stage.get(k)
+            if i is None:
+                return features
+            hidden = self.text_branch.run_chunk(i, hidden, layer_mask)
+            features, hidden = self.fusion[i](features, hidden, mask)
+            if return_aux:
+                visual[f"visual_{k}"] = self.visual_projections[i](features)
+            return features
+
+        seg = self.image_unet.decoder(run_encoder(self.image_unet, x, fuse))
+        if not return_aux:
+            return seg
+        return seg, {**self._text_embeddings(text, hidden), **visual}
+
+    def _text_embeddings(self, text: TextInputs, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class embeddings from the final fused text (B, T, H) and concept embeddings from the unfused encoder."""
+        c, lc = text.class_ids.shape
+        class_tokens = hidden[:, text.report_ids.shape[1]:].reshape(hidden.shape[0], c, lc, -1)
+        class_text = masked_mean(class_tokens, text.class_mask.bool().expand(hidden.shape[0], -1, -1))
+        k, lk = text.concept_ids.shape[1:]
+        concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk), text.concept_mask.reshape(c * k, lk))
+        aux = {
+            "text_class": F.normalize(self.text_projection(class_text), dim=-1),
+            "concept_text": F.normalize(self.text_projection(concepts), dim=-1).reshape(c, k, -1),
+            "concept_present": text.concept_present.bool(),
+        }
+        if self.log_vars is not None:
+            aux["log_vars"] = self.log_vars
+        return aux

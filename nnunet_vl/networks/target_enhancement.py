@@ -1,0 +1,115 @@
+"""TMCA language-guided target enhancement: report tokens re-weight one encoder stage toward the target.
+
+Image tokens (the stage features projected to `fusion_dim`, plus an encoding of their normalised
+coordinates, because reports locate targets with words like "left" or "upper") cross-attend to the
+report tokens. From what they attend to, each voxel gets a logit; its sigmoid is the spatial attention
+map A. The stage output becomes
+
+    features * (1 + tanh(attention_gate) * (2A - 1)) + tanh(text_gate) * projected attended text
+
+with both gates zero-initialised, so an untrained module returns its input unchanged. Attention runs
+from image tokens to text tokens only (no image self-attention), so its cost is linear in voxels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Type
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+
+def normalised_coordinates(spatial_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(N, dims) voxel-centre coordinates in [-1, 1], in the row-major order of `flatten`."""
+    axes = [(torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1 for n in spatial_shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
+
+
+class CoordinateEncoding(nn.Module):
+    """Fourier features of normalised coordinates (raw, sin, cos at `num_frequencies` octaves) → width."""
+
+    def __init__(self, dims: int, width: int, num_frequencies: int = 4) -> None:
+        super().__init__()
+        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(num_frequencies), persistent=False)
+        self.proj = nn.Linear(dims * (1 + 2 * num_frequencies), width)
+
+    def forward(self, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+        """(N, width) encoding of every voxel of a grid of `spatial_shape`."""
+        coords = normalised_coordinates(spatial_shape, self.frequencies.device)
+        angles = (coords[..., None] * self.frequencies).flatten(1)
+        return self.proj(torch.cat([coords, angles.sin(), angles.cos()], dim=1))
+
+
+class TargetEnhancement(nn.Module):
+    """Language-guided target enhancement of one encoder stage, for 2D or 3D conv ops.
+
+    Args:
+        conv_op: the U-Net's conv op (nn.Conv2d / nn.Conv3d); decides 2D or 3D.
+        channels: channels of the stage output it enhances.
+        text_dim: hidden size of the text encoder.
+        fusion_dim, num_heads: width and heads of the image→text cross-attention.
+    """
+
+    def __init__(
+        self,
+        conv_op: Type[_ConvNd],
+        channels: int,
+        text_dim: int,
+        fusion_dim: int,
+        num_heads: int,
+        num_frequencies: int = 4,
+    ) -> None:
+        super().__init__()
+        if fusion_dim % num_heads:
+            raise ValueError(f"fusion_dim {fusion_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.image_in = conv_op(channels, fusion_dim, kernel_size=1)
+        self.position = CoordinateEncoding(convert_conv_op_to_dim(conv_op), fusion_dim, num_frequencies)
+        self.query_norm = nn.LayerNorm(fusion_dim)
+        self.text_norm = nn.LayerNorm(text_dim)
+        self.query = nn.Linear(fusion_dim, fusion_dim)
+        self.key_value = nn.Linear(text_dim, 2 * fusion_dim)
+        self.attended_out = nn.Linear(fusion_dim, fusion_dim)
+        self.score = nn.Sequential(
+            nn.LayerNorm(fusion_dim), nn.Linear(fusion_dim, fusion_dim), nn.GELU(), nn.Linear(fusion_dim, 1)
+        )
+        self.text_out = conv_op(fusion_dim, channels, kernel_size=1)
+        self.attention_gate = nn.Parameter(torch.zeros(channels))
+        self.text_gate = nn.Parameter(torch.zeros(channels))
+
+    def forward(
+        self, features: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Enhance one stage output.
+
+        features:    (B, C, *spatial) stage output
+        text_tokens: (B, L, text_dim) report token states
+        text_mask:   (B, L) 1 for real tokens, 0 for padding
+        Returns the enhanced features (B, C, *spatial) and the attention map A (B, 1, *spatial) in [0, 1].
+        """
+        batch, _, *spatial = features.shape
+        spatial = tuple(spatial)
+        image = self.image_in(features).flatten(2).transpose(1, 2)  # (B, N, fusion_dim)
+        image = image + self.position(spatial).to(image.dtype)
+
+        attend = text_mask.bool()
+        # an all-padding row would make the softmax NaN: let such a row see its first token
+        attend = torch.cat([attend[:, :1] | ~attend.any(dim=1, keepdim=True), attend[:, 1:]], dim=1)
+        query = self._split_heads(self.query(self.query_norm(image)))
+        key, value = map(self._split_heads, self.key_value(self.text_norm(text_tokens)).chunk(2, dim=-1))
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attend[:, None, None, :])
+        attended = self.attended_out(attended.transpose(1, 2).flatten(2))  # (B, N, fusion_dim)
+
+        attention = torch.sigmoid(self.score(image + attended)).transpose(1, 2).reshape(batch, 1, *spatial)
+        attended_text = self.text_out(attended.transpose(1, 2).reshape(batch, -1, *spatial))
+        view = (1, -1) + (1,) * len(spatial)
+        modulation = 1 + torch.tanh(self.attention_gate).view(view) * (2 * attention - 1)
+        enhanced = features * modulation + torch.tanh(self.text_gate).view(view) * attended_text
+        return enhanced, attention
+
+    def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) → (B, heads, L, D / heads)."""
+        return tokens.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)

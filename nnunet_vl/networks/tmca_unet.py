@@ -1,0 +1,168 @@
+"""TMCA network: an nnU-Net image U-Net with multi-level report alignment and language-guided enhancement.
+
+Our reading of Li et al., "Language-guided Medical Image Segmentation with Target-informed Multi-level
+Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so the choices below are ours:
+
+- The report (`TextInputs.report_ids/mask`) runs through the whole Hugging Face encoder; its report
+  embedding is the masked mean of the last hidden states. Class and concept texts are not used: the
+  report alone says which target to segment. The HF pooler is removed so every parameter is trained.
+- Alignment (`align_stages`): each level has a text head (MLP, hidden → proj_dim) and a linear image
+  head (stage channels → proj_dim, no bias). Because the image head is linear, it commutes with mask
+  pooling, so the loss (`nnunet_vl.losses.tmca`) pools the raw stage features with the ground-truth
+  mask and applies the head afterwards: no (B, proj_dim, *spatial) map is ever built. The aligned
+  features are the stage output *before* enhancement, so the alignment cannot be solved by the text
+  that enhancement injects.
+- Enhancement (`enhance_stages`): `TargetEnhancement` replaces the stage output, so it feeds both the
+  next stage and the decoder skip. Its gates start at zero, so an untrained TMCAUNet is the image U-Net.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_vl.networks.target_enhancement import TargetEnhancement
+from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
+
+_KEY_MODULUS = 2**31 - 1
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def report_keys(report_ids: torch.Tensor, report_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 fingerprint of each report's real tokens (padding ignored).
+
+    Equal reports get equal keys, so the loss never uses a target described by the same report as a
+    negative (templated reports repeat across cases).
+    """
+    coefficients = torch.tensor(
+        [pow(31, position, _KEY_MODULUS) for position in range(report_ids.shape[1])], device=report_ids.device
+    )
+    return ((report_ids.long() + 1) * report_mask.long() * coefficients).sum(dim=1)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) tokens, (B, L) mask → (B, D) mean over real tokens."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class TMCAUNet(nn.Module):
+    """Image U-Net + report encoder; multi-level target-informed alignment and target enhancement.
+
+    Args:
+        image_unet: PlainConvUNet or ResidualEncoderUNet (2D or 3D) as nnU-Net builds it from plans.
+        text_encoder: Hugging Face encoder model (e.g. BertModel); its pooler is removed.
+        align_stages: 0-based encoder stages aligned with the report; level i is align_stages[i].
+        enhance_stages: 0-based encoder stages whose output is enhanced by the report.
+        fusion_dim, fusion_heads: width and heads of the enhancement cross-attention.
+        num_classes: segmentation classes (must match image_unet's output).
+        proj_dim: width of the alignment embedding space.
+
+    Aux outputs (`return_aux=True`), level i ↔ encoder stage align_stages[i]:
+        features_l{i}:   (B, C_i, *spatial_i) stage output before enhancement
+        image_head_l{i}: (proj_dim, C_i)      weight of the linear image head (a Parameter)
+        text_l{i}:       (B, proj_dim)        L2-normalised projected report embedding
+        report_key:      (B,) int64           see `report_keys`
+    """
+
+    def __init__(
+        self,
+        image_unet: nn.Module,
+        text_encoder: nn.Module,
+        align_stages: Sequence[int],
+        enhance_stages: Sequence[int],
+        fusion_dim: int,
+        fusion_heads: int,
+        num_classes: int,
+        proj_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        channels = encoder_stage_channels(image_unet)
+        for name, stages in (("align_stages", align_stages), ("enhance_stages", enhance_stages)):
+            if len(set(stages)) != len(stages) or not all(0 <= s < len(channels) for s in stages):
+                raise ValueError(f"{name} {list(stages)} must be distinct stages in [0, {len(channels) - 1}]")
+        if image_unet.decoder.num_classes != num_classes:
+            raise ValueError(f"num_classes {num_classes} != image_unet's {image_unet.decoder.num_classes}")
+        if getattr(text_encoder, "pooler", None) is not None:
+            text_encoder.pooler = None  # unused by TMCA; would get no gradient (DDP without unused params)
+        text_dim = text_encoder.config.hidden_size
+
+        self.image_unet = image_unet
+        self.text_encoder = text_encoder
+        self.align_stages = list(align_stages)
+        self.enhance_stages = list(enhance_stages)
+        self.num_classes = num_classes
+        self.proj_dim = proj_dim
+        self.text_heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(text_dim, text_dim), nn.GELU(), nn.Linear(text_dim, proj_dim))
+            for _ in self.align_stages
+        )
+        self.image_heads = nn.ModuleList(nn.Linear(channels[s], proj_dim, bias=False) for s in self.align_stages)
+        conv_op = image_unet.encoder.conv_op
+        self.enhancements = nn.ModuleDict(
+            {str(s): TargetEnhancement(conv_op, channels[s], text_dim, fusion_dim, fusion_heads) for s in self.enhance_stages}
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: TextInputs | None = None,
+        return_aux: bool = False,
+        return_attention: bool = False,
+    ):
+        """Segment `x` (B, C_in, *spatial), guided by `text.report_*` when given.
+
+        Returns what image_unet(x) returns (a tensor, or a list with deep supervision), followed by
+        `aux` (dict, see class docstring) if return_aux, then the attention map (B, 1, *spatial) in
+        [0, 1] (mean over enhance stages, upsampled to the input size) if return_attention.
+        With text=None this is the plain image U-Net: aux is {} and the attention is 0.5 everywhere
+        (the value that leaves features unchanged).
+        """
+        if text is None:
+            seg = self.image_unet(x)
+            aux: dict[str, torch.Tensor] = {}
+            stage_attention: list[torch.Tensor] = []
+        else:
+            seg, aux, stage_attention = self._forward_with_report(x, text)
+        outputs = [seg]
+        if return_aux:
+            outputs.append(aux)
+        if return_attention:
+            outputs.append(self._input_resolution_attention(x, stage_attention))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _forward_with_report(
+        self, x: torch.Tensor, text: TextInputs
+    ) -> tuple[torch.Tensor | list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
+        tokens = self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
+        aux: dict[str, torch.Tensor] = {}
+        stage_attention: list[torch.Tensor] = []
+
+        def after_stage(stage: int, features: torch.Tensor) -> torch.Tensor:
+            if stage in self.align_stages:
+                aux[f"features_l{self.align_stages.index(stage)}"] = features
+            if stage in self.enhance_stages:
+                features, attention = self.enhancements[str(stage)](features, tokens, text.report_mask)
+                stage_attention.append(attention)
+            return features
+
+        seg = self.image_unet.decoder(run_encoder(self.image_unet, x, after_stage))
+        report_embedding = masked_mean(tokens, text.report_mask)
+        for level, (text_head, image_head) in enumerate(zip(self.text_heads, self.image_heads)):
+            aux[f"text_l{level}"] = F.normalize(text_head(report_embedding), dim=-1)
+            aux[f"image_head_l{level}"] = image_head.weight
+        aux["report_key"] = report_keys(text.report_ids, text.report_mask)
+        return seg, aux, stage_attention
+
+    @staticmethod
+    def _input_resolution_attention(x: torch.Tensor, stage_attention: list[torch.Tensor]) -> torch.Tensor:
+        """Mean of the stage attention maps, each upsampled to x's spatial size."""
+        if not stage_attention:
+            return x.new_full((x.shape[0], 1, *x.shape[2:]), 0.5)
+        size = x.shape[2:]
+        mode = _INTERPOLATION[len(size)]
+        upsampled = [F.interpolate(a, size=size, mode=mode, align_corners=False) for a in stage_attention]
+        return torch.stack(upsampled).mean(dim=0).clamp(0.0, 1.0)

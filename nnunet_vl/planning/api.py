@@ -1,0 +1,89 @@
+"""Fingerprint, plan and preprocess a dataset with text, through nnU-Net's own API."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnunet_vl.text.contract import load_dataset_text
+from nnunet_vl.text.encoders import DEFAULT_ENCODER, encoder_config, load_tokenizer, resolve_encoder
+
+
+def class_names(labels: dict) -> list[str]:
+    """Label names in network output order (by label value; region datasets keep dataset.json order)."""
+    names = [n for n in labels if n != "ignore"]
+    if all(isinstance(labels[n], int) for n in names):
+        names.sort(key=lambda n: labels[n])
+    return names
+
+
+def _first_training_image_properties(raw_folder: Path, dataset_json: dict, reader_writer) -> dict:
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    cases = get_filenames_of_train_images_and_targets(str(raw_folder), dict(dataset_json))
+    first = cases[sorted(cases)[0]]
+    _, properties = reader_writer().read_images(first["images"])
+    return properties
+
+
+def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres"),
+                           planner: str = "ExperimentPlanner", preset: str = "bipvl",
+                           text_encoder: str | None = None, gpu_memory_target: float | None = None,
+                           plans_name: str = "nnUNetPlans", num_processes_fingerprint: int = 8,
+                           num_processes: Sequence[int] = (8, 4, 8), verify_dataset_integrity: bool = False,
+                           clean: bool = False, no_preprocessing: bool = False,
+                           allow_missing_reports: bool = False, verbose: bool = False) -> str:
+    """Returns the plans identifier. Text problems are raised before anything is written."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity as verify
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    from nnunet_vl.planning.fingerprint import TextFingerprintExtractor
+    from nnunet_vl.planning.planners import PLANNERS, load_preset
+    from nnunet_vl.text.cache import write_text_cache
+
+    dataset_name = convert_id_to_dataset_name(dataset_id)
+    raw_folder = Path(nnUNet_raw) / dataset_name
+    text = load_dataset_text(raw_folder, require_reports=not allow_missing_reports)
+    for problem in text.problems:
+        if problem.severity == "warning":
+            print(f"WARNING {problem}")
+    text.raise_on_errors()
+    if planner not in PLANNERS:
+        raise ValueError(f"planner '{planner}' has no VL version: use one of {sorted(PLANNERS)}")
+    preset_dict = load_preset(preset)
+    encoder = text_encoder or text.text_encoder or DEFAULT_ENCODER
+    encoder_path = resolve_encoder(encoder)
+    tokenizer = load_tokenizer(encoder_path)
+    config = encoder_config(encoder_path)
+
+    if verify_dataset_integrity:
+        verify(str(raw_folder), num_processes_fingerprint)
+    print(f"Fingerprinting {dataset_name} (images and text, encoder '{encoder}')")
+    fingerprint = TextFingerprintExtractor(dataset_id, num_processes_fingerprint, verbose, text=text,
+                                           tokenizer=tokenizer, encoder=encoder).run(overwrite_existing=clean)
+
+    kwargs = {"plans_name": plans_name}
+    if gpu_memory_target is not None:
+        kwargs["gpu_memory_target_in_gb"] = gpu_memory_target
+    vl_planner = PLANNERS[planner](dataset_id, preprocessor_name="DefaultPreprocessor", **kwargs)
+    properties = _first_training_image_properties(raw_folder, vl_planner.dataset_json,
+                                                  vl_planner.determine_reader_writer())
+    vl_planner.configure_text(preset_dict, encoder, config, fingerprint["text"],
+                              class_names(vl_planner.dataset_json["labels"]), properties)
+    plans = vl_planner.plan_experiment()
+
+    max_tokens = next(c["text"]["max_tokens"] for c in plans["configurations"].values() if "text" in c)
+    cache = write_text_cache(Path(nnUNet_preprocessed) / dataset_name, text, tokenizer, max_tokens)
+    print(f"Text cache: {len(cache.reports)} reports ({cache.retokenized} tokenized, the rest unchanged)")
+
+    if not no_preprocessing:
+        if len(num_processes) == 1:
+            num_processes = list(num_processes) * len(configurations)
+        if len(num_processes) != len(configurations):
+            raise ValueError(f"-np needs 1 or {len(configurations)} values (one per configuration), "
+                             f"got {list(num_processes)}")
+        planned = [(c, n) for c, n in zip(configurations, num_processes) if c in plans["configurations"]]
+        preprocess_dataset(dataset_id, plans_name, [c for c, _ in planned], [n for _, n in planned],
+                           verbose=verbose)
+    return plans_name

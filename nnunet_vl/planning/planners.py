@@ -1,0 +1,187 @@
+"""VL experiment planners: nnU-Net's image plans, untouched, plus a `text` section per configuration."""
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+    nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
+
+_REPO_PRESETS = Path(__file__).resolve().parents[2] / "planners"
+# bytes per fusion token and channel in one fusion block (activations kept for backward, fp16 + attention I/O)
+_FUSION_BYTES_PER_TOKEN_CHANNEL = 24
+_FUSION_BYTES_PER_ATTENTION_ENTRY = 4
+
+
+class PresetError(ValueError):
+    pass
+
+
+def presets_dir() -> Path:
+    """Top-level planners/ in a source checkout, else the installed package's copy."""
+    if _REPO_PRESETS.is_dir():
+        return _REPO_PRESETS
+    return Path(str(resources.files("nnunet_vl.planner_presets")))
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.json"))
+
+
+def load_preset(name_or_path: str) -> dict:
+    """A preset by name (planners/NAME.json) or by path to a JSON file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = presets_dir() / f"{name_or_path}.json"
+    if not path.is_file():
+        raise PresetError(f"unknown planner preset '{name_or_path}': use one of {available_presets()} or a JSON file")
+    preset = json.loads(path.read_text(encoding="utf-8"))
+    preset["name"] = path.stem
+    return preset
+
+
+def _round_up(n: float, multiple: int = 8) -> int:
+    return int(math.ceil(max(n, 1) / multiple) * multiple)
+
+
+def direction_axes_from_geometry(image_properties: dict, transpose_forward: list[int]) -> tuple[dict, str]:
+    """Transposed array axis of each anatomical axis, read from the image's direction cosines.
+
+    Arrays from nnU-Net readers are (z, y, x); SimpleITK's direction matrix gives each index axis's
+    world (LPS) direction. Without geometry (PNG, TIFF) the convention of 2D images is assumed: the last
+    axis runs left-right, the one before it top-bottom.
+    """
+    sitk = image_properties.get("sitk_stuff")
+    direction = np.asarray(sitk["direction"], dtype=float) if sitk else np.zeros(0)
+    if direction.size == 9:
+        matrix = direction.reshape(3, 3)
+        world_to_name = {0: "left_right", 1: "anterior_posterior", 2: "superior_inferior"}
+        numpy_axes = {world_to_name[int(np.argmax(np.abs(matrix[:, 2 - i])))]: i for i in range(3)}
+        source = "image direction cosines"
+    else:
+        numpy_axes = {"left_right": 2, "superior_inferior": 1, "anterior_posterior": None}
+        source = "2D image convention (last axis left-right, second-last top-bottom)"
+    return ({name: (transpose_forward.index(a) if a is not None else None) for name, a in numpy_axes.items()},
+            source)
+
+
+class VLPlannerMixin:
+    """Adds the text section to every configuration the parent planner writes; the image part is the parent's."""
+
+    text_spec: dict  # set by configure_text before plan_experiment
+
+    def configure_text(self, preset: dict, encoder: str, encoder_config: dict, fingerprint_text: dict,
+                       class_names: list[str], image_properties: dict) -> None:
+        self.text_spec = {"preset": preset, "encoder": encoder, "encoder_config": encoder_config,
+                          "fingerprint": fingerprint_text, "class_names": class_names,
+                          "image_properties": image_properties}
+
+    def _token_limits(self) -> tuple[int, int]:
+        preset, fp, cfg = self.text_spec["preset"], self.text_spec["fingerprint"], self.text_spec["encoder_config"]
+        limit = int(cfg.get("max_position_embeddings", 512))
+        reports = min(limit, preset["max_report_tokens_cap"], _round_up(fp["report_tokens"]["p95"]))
+        labels_needed = max(fp["label_text_tokens"]["p95"], fp["concept_tokens"]["p95"])
+        labels = min(limit, preset["max_label_tokens_cap"], _round_up(labels_needed))
+        return max(reports, 8), max(labels, 8)
+
+    def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], dict, str]:
+        preset = self.text_spec["preset"]
+        arch = conf["architecture"]["arch_kwargs"]
+        n_stages = arch["n_stages"]
+        wanted = n_stages if preset["fusion_stages"] == "all" else min(int(preset["fusion_stages"]), n_stages)
+        stages = list(range(n_stages - wanted, n_stages))
+        spatial = np.asarray(conf["patch_size"], dtype=float)
+        tokens = []
+        for s in arch["strides"]:
+            spatial = spatial / np.asarray(s)
+            tokens.append(int(np.prod(spatial)))
+        depth, dim, heads = preset["fusion_depth"], preset["fusion_dim"], preset["fusion_heads"]
+        batch = conf["batch_size"]
+
+        def cost(k: int) -> float:
+            per_block = tokens[k] * (dim * _FUSION_BYTES_PER_TOKEN_CHANNEL
+                                     + 2 * heads * num_text_tokens * _FUSION_BYTES_PER_ATTENTION_ENTRY)
+            return batch * depth * per_block
+
+        budget = preset["text_vram_fraction"] * self.UNet_vram_target_GB * 1024 ** 3
+        dropped = []
+        while len(stages) > 1 and sum(cost(k) for k in stages) > budget:
+            dropped.append(stages.pop(0))  # highest resolution first: it has the most tokens
+        estimate = {f"stage_{k}": round(cost(k) / 1024 ** 2, 2) for k in stages}
+        if dropped:
+            reason = (f"stages {dropped} dropped: fusion at them would exceed {preset['text_vram_fraction']:.0%} of "
+                      f"the {self.UNet_vram_target_GB} GB target ({budget / 1024 ** 2:.0f} MB)")
+        else:
+            reason = (f"{len(stages)} of {n_stages} stages fused (preset '{preset['name']}': {preset['fusion_stages']}); "
+                      f"estimate {sum(cost(k) for k in stages) / 1024 ** 2:.1f} MB within the "
+                      f"{budget / 1024 ** 2:.0f} MB text budget")
+        return stages, estimate, reason
+
+    def text_section(self, conf: dict, configuration_name: str, transpose_forward: list[int]) -> dict:
+        preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
+        max_report, max_label = self._token_limits()
+        class_names = self.text_spec["class_names"]
+        num_text_tokens = max_report + len(class_names) * max_label
+        stages, estimate_mb, reason = self._fusion_stages(conf, num_text_tokens)
+        axes, source = direction_axes_from_geometry(self.text_spec["image_properties"], transpose_forward)
+        if len(conf["patch_size"]) == 2:  # a 2D configuration sees transposed axes 1 and 2
+            axes = {k: (v - 1 if v is not None and v > 0 else None) for k, v in axes.items()}
+        n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
+        tmca = dict(preset["tmca"])
+        align = list(range(min(int(tmca.pop("align_stages")), n_stages)))
+        enhance = list(range(n_stages - min(int(tmca.pop("enhance_stages")), n_stages), n_stages))
+        weights = tmca.pop("level_weights")
+        tmca.update(align_stages=align, enhance_stages=enhance,
+                    level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
+        return {
+            "preset": preset["name"],
+            "encoder": self.text_spec["encoder"],
+            "encoder_config": cfg,
+            "hidden_size": int(cfg["hidden_size"]),
+            "num_text_layers": int(cfg["num_hidden_layers"]),
+            "max_tokens": max_report,
+            "max_label_tokens": max_label,
+            "class_names": class_names,
+            "fusion_stages": stages,
+            "fusion_dim": preset["fusion_dim"],
+            "fusion_heads": preset["fusion_heads"],
+            "fusion_depth": preset["fusion_depth"],
+            "fusion_vram_estimate_mb": estimate_mb,
+            "fusion_reason": reason,
+            "text_lr_factor": preset["text_lr_factor"],
+            "contrastive": dict(preset["contrastive"]),
+            "tmca": tmca,
+            "direction_axes": axes,
+            "direction_axes_source": source,
+        }
+
+    def save_plans(self, plans: dict) -> None:
+        for name, conf in plans["configurations"].items():
+            if "patch_size" in conf:  # 3d_cascade_fullres only inherits
+                conf["text"] = self.text_section(conf, name, plans["transpose_forward"])
+        super().save_plans(plans)
+
+
+class nnUNetPlannerVL(VLPlannerMixin, ExperimentPlanner):
+    pass
+
+
+class nnUNetPlannerVLResEncM(VLPlannerMixin, nnUNetPlannerResEncM):
+    pass
+
+
+class nnUNetPlannerVLResEncL(VLPlannerMixin, nnUNetPlannerResEncL):
+    pass
+
+
+class nnUNetPlannerVLResEncXL(VLPlannerMixin, nnUNetPlannerResEncXL):
+    pass
+
+
+# keys are nnU-Net's -pl names; the VL planner of each is used
+PLANNERS = {"ExperimentPlanner": nnUNetPlannerVL, "nnUNetPlannerResEncM": nnUNetPlannerVLResEncM,
+            "nnUNetPlannerResEncL": nnUNetPlannerVLResEncL, "nnUNetPlannerResEncXL": nnUNetPlannerVLResEncXL}

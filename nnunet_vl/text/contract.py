@@ -1,0 +1,267 @@
+"""Read and validate the text a dataset carries: per-case reports and per-class label texts.
+
+A dataset.json may hold (all optional, stock nnU-Net ignores them):
+  "reports":     {"case": "text", ...} | "reports.json" | "reports.csv" | "reports.tsv"
+                 (or a "report" key inside a per-case entry of nnU-Net's "dataset" key)
+  "label_texts": {"label": "definition" | {concept: text}} | "<corpus name>" | "<file.json>"
+  "text_encoder": a local Hugging Face directory, an installed package's model or an alias
+Every problem is collected with the file it concerns and the fix, so a user sees them all at once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnunet_vl.text.corpora import CONCEPTS, CorpusError, available_corpora, label_texts_from_corpus
+
+BACKGROUND_TEXT = {
+    "definition": "Background: every image region that belongs to none of the labelled structures.",
+}
+
+
+@dataclass(frozen=True)
+class TextProblem:
+    """One thing wrong with a dataset's text, with the file it concerns and how to fix it."""
+
+    file: str
+    message: str
+    fix: str
+    severity: str = "error"  # "error" stops planning/training; "warning" is reported only
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.file}: {self.message} -> {self.fix}"
+
+
+class TextContractError(ValueError):
+    """Raised with every error-level problem of a dataset's text, one per line."""
+
+    def __init__(self, problems: list[TextProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass
+class DatasetText:
+    """The validated text of one dataset."""
+
+    reports: dict[str, str]
+    label_texts: dict[str, dict[str, str]]  # label name -> concept -> text; includes "background"
+    text_encoder: str | None
+    train_cases: list[str]
+    test_cases: list[str]
+    problems: list[TextProblem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[TextProblem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def raise_on_errors(self) -> None:
+        if self.errors:
+            raise TextContractError(self.errors)
+
+
+def _decode(raw: bytes, where: str, problems: list[TextProblem]) -> str | None:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        problems.append(TextProblem(where, f"is not UTF-8 text (byte {e.start})",
+                                    "re-save the file with UTF-8 encoding"))
+        return None
+
+
+def _read_reports_table(path: Path, text: str, problems: list[TextProblem]) -> dict[str, object]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+    if "case_id" not in columns or "report" not in columns:
+        problems.append(TextProblem(str(path), f"needs the columns 'case_id' and 'report', found {columns}",
+                                    "rename the header row to case_id,report"))
+        return {}
+    reports: dict[str, object] = {}
+    for row in reader:
+        row = {k.strip().lower(): v for k, v in row.items() if k is not None}
+        case = (row.get("case_id") or "").strip()
+        if case in reports:
+            problems.append(TextProblem(str(path), f"case '{case}' has more than one report",
+                                        "keep one row per case_id"))
+        reports[case] = row.get("report")
+    return reports
+
+
+def read_reports_file(path: Path, problems: list[TextProblem]) -> dict[str, object]:
+    """Reports from a .json object or a .csv/.tsv table with columns case_id,report."""
+    if not path.is_file():
+        problems.append(TextProblem(str(path), "reports file does not exist",
+                                    "fix the 'reports' path in dataset.json (relative to the dataset folder)"))
+        return {}
+    text = _decode(path.read_bytes(), str(path), problems)
+    if text is None:
+        return {}
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _read_reports_table(path, text, problems)
+    try:
+        reports = json.loads(text)
+    except json.JSONDecodeError as e:
+        problems.append(TextProblem(str(path), f"is not valid JSON ({e.msg}, line {e.lineno})",
+                                    "write a JSON object {\"case_id\": \"report\", ...}"))
+        return {}
+    if not isinstance(reports, dict):
+        problems.append(TextProblem(str(path), "must hold a JSON object mapping case ids to reports",
+                                    "write {\"case_id\": \"report\", ...}"))
+        return {}
+    return reports
+
+
+def _collect_reports(folder: Path, dataset_json: dict, problems: list[TextProblem]) -> tuple[dict[str, object], str]:
+    spec = dataset_json.get("reports")
+    where = str(folder / "dataset.json")
+    reports: dict[str, object] = {}
+    if isinstance(spec, dict):
+        reports.update(spec)
+    elif isinstance(spec, str):
+        where = str(folder / spec)
+        reports.update(read_reports_file(folder / spec, problems))
+    elif spec is not None:
+        problems.append(TextProblem(where, "'reports' must be an object or a file path",
+                                    "use {\"case\": \"text\"} or \"reports.json\""))
+    for case, entry in (dataset_json.get("dataset") or {}).items():
+        if isinstance(entry, dict) and "report" in entry:
+            reports[case] = entry["report"]
+    return reports, where
+
+
+def _clean_reports(raw: dict[str, object], where: str, problems: list[TextProblem]) -> dict[str, str]:
+    reports = {}
+    for case, text in raw.items():
+        if isinstance(text, bytes):
+            text = _decode(text, f"{where} (case '{case}')", problems)
+            if text is None:
+                continue
+        if not isinstance(text, str) or not text.strip():
+            problems.append(TextProblem(where, f"report of case '{case}' is empty",
+                                        "write the report, or remove the case's entry and plan with "
+                                        "--allow-missing-reports"))
+            continue
+        if "\ufffd" in text:
+            problems.append(TextProblem(where, f"report of case '{case}' contains undecodable characters (U+FFFD)",
+                                        "re-export the reports as UTF-8"))
+            continue
+        reports[str(case)] = " ".join(text.split())
+    return reports
+
+
+def _normalise_label_entry(label: str, value: object, where: str,
+                           problems: list[TextProblem]) -> dict[str, str] | None:
+    if isinstance(value, str):
+        value = {"definition": value}
+    if not isinstance(value, dict):
+        problems.append(TextProblem(where, f"label text of '{label}' must be a string or an object of concepts",
+                                    f"use a definition string or keys from {list(CONCEPTS)}"))
+        return None
+    unknown = [k for k in value if k not in CONCEPTS]
+    if unknown:
+        problems.append(TextProblem(where, f"label '{label}' has unknown concepts {unknown}",
+                                    f"use only {list(CONCEPTS)}"))
+    entry = {k: " ".join(str(v).split()) for k, v in value.items() if k in CONCEPTS and str(v).strip()}
+    if not entry:
+        problems.append(TextProblem(where, f"label text of '{label}' is empty", "write at least a definition"))
+        return None
+    return entry
+
+
+def _collect_label_texts(folder: Path, dataset_json: dict, label_names: list[str],
+                         problems: list[TextProblem]) -> dict[str, dict[str, str]]:
+    spec = dataset_json.get("label_texts")
+    where = str(folder / "dataset.json")
+    raw: dict = {}
+    if isinstance(spec, str):
+        if spec in available_corpora():
+            try:
+                raw = label_texts_from_corpus(spec, label_names)
+            except CorpusError as e:
+                problems.append(TextProblem(where, str(e), "add the label under label_texts or pick another corpus"))
+        elif (folder / spec).is_file():
+            where = str(folder / spec)
+            text = _decode((folder / spec).read_bytes(), where, problems)
+            try:
+                raw = json.loads(text) if text is not None else {}
+            except json.JSONDecodeError as e:
+                problems.append(TextProblem(where, f"is not valid JSON ({e.msg})", "fix the JSON syntax"))
+        else:
+            problems.append(TextProblem(where, f"label_texts '{spec}' is neither a corpus nor a file",
+                                        f"use one of the corpora {available_corpora()} or a path relative to "
+                                        f"{folder}"))
+    elif isinstance(spec, dict):
+        raw = spec
+    elif spec is not None:
+        problems.append(TextProblem(where, "'label_texts' must be an object, a corpus name or a file",
+                                    "see README section 'Text in dataset.json'"))
+    known = {n.lower(): n for n in label_names}
+    label_texts: dict[str, dict[str, str]] = {}
+    for label, value in raw.items():
+        name = known.get(str(label).lower())
+        if name is None:
+            problems.append(TextProblem(where, f"label_texts names unknown label '{label}'",
+                                        f"use one of the labels {label_names}"))
+            continue
+        entry = _normalise_label_entry(name, value, where, problems)
+        if entry is not None:
+            label_texts[name] = entry
+    for name in label_names:
+        if name not in label_texts:
+            # a label without text is described by its own name; the background by a generic sentence
+            label_texts[name] = dict(BACKGROUND_TEXT) if name == "background" else {"definition": name.replace("_", " ")}
+            if spec is not None and name != "background":
+                problems.append(TextProblem(where, f"label '{name}' has no label text; its name is used instead",
+                                            "add it under label_texts", severity="warning"))
+    return label_texts
+
+
+def dataset_case_ids(folder: Path, dataset_json: dict) -> tuple[list[str], list[str]]:
+    """Training case ids (as nnU-Net finds them) and test case ids (imagesTs)."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    train = sorted(get_filenames_of_train_images_and_targets(str(folder), dict(dataset_json)).keys())
+    ending = dataset_json["file_ending"]
+    test_dir = folder / "imagesTs"
+    test = sorted({f.name[: -len(ending) - 5] for f in test_dir.iterdir() if f.name.endswith(ending)}) \
+        if test_dir.is_dir() else []
+    return train, test
+
+
+def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = None,
+                      require_reports: bool = True) -> DatasetText:
+    """Read and validate the text of a raw nnU-Net dataset folder; problems are collected, not raised."""
+    folder = Path(folder)
+    if dataset_json is None:
+        dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    problems: list[TextProblem] = []
+    raw_reports, where = _collect_reports(folder, dataset_json, problems)
+    reports = _clean_reports(raw_reports, where, problems)
+    train, test = dataset_case_ids(folder, dataset_json)
+    known = set(train) | set(test)
+    for case in sorted(set(reports) - known):
+        problems.append(TextProblem(where, f"report for unknown case '{case}' (no such image in imagesTr/imagesTs)",
+                                    "fix the case id or remove the report"))
+        del reports[case]
+    if dataset_json.get("reports") is None and not raw_reports:
+        if require_reports:
+            problems.append(TextProblem(str(folder / "dataset.json"), "dataset has no reports",
+                                        "add \"reports\": \"reports.json\" (case id -> report) to dataset.json, "
+                                        "or plan with --allow-missing-reports to use label texts only"))
+    else:
+        for case in train:
+            if case not in reports and not any(p.message.startswith(f"report of case '{case}'") for p in problems):
+                problems.append(TextProblem(where, f"training case '{case}' has no report",
+                                            "add its report, or plan with --allow-missing-reports",
+                                            severity="error" if require_reports else "warning"))
+        for case in test:
+            if case not in reports:
+                problems.append(TextProblem(where, f"test case '{case}' has no report",
+                                            "add its report (needed to predict it with text)", severity="warning"))
+    label_texts = _collect_label_texts(folder, dataset_json, list(dataset_json["labels"].keys()), problems)
+    return DatasetText(reports, label_texts, dataset_json.get("text_encoder"), train, test, problems)

@@ -1,0 +1,41 @@
+"""Training budgets shared by the short variants, so image-only and VL runs compare on equal terms."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+@dataclass(frozen=True)
+class Budget:
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+
+    def apply(self, trainer: nnUNetTrainer) -> None:
+        trainer.num_epochs = self.epochs
+        trainer.num_iterations_per_epoch = self.iterations_per_epoch
+        trainer.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+
+
+CPU_SMOKE = Budget(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2)
+DEMO = Budget(epochs=12, iterations_per_epoch=25, val_iterations_per_epoch=4)
+
+
+class nnUNetTrainer_cpu(nnUNetTrainer):
+    """Stock nnU-Net on the CPU smoke budget (proves VL plans stay nnU-Net compatible)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        CPU_SMOKE.apply(self)
+
+
+class nnUNetTrainer_demo(nnUNetTrainer):
+    """Stock nnU-Net, image only, on the demo budget."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        DEMO.apply(self)

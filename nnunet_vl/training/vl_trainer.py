@@ -1,0 +1,239 @@
+"""What every VL trainer shares: text per batch, text-aware mirroring, text encoder learning rate, logging.
+
+nnU-Net's train_step/validation_step call `self.network(data)` and `self.loss(output, target)`. Rather
+than copying them, a VL trainer lets them run unchanged with `self.network` bound to the batch's text
+(TextBoundNetwork) and `self.loss` extended by the method's text loss for the duration of one step.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from os.path import join
+
+import numpy as np
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import distributed as dist
+from torch import nn
+
+from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.text.cache import load_text_cache
+from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, resolve_encoder
+from nnunet_vl.text.provider import TextProvider, tokenizer_files
+from nnunet_vl.text.tokens import TextTokenizer
+from nnunet_vl.training.progress import add_text_terms_to_logger
+from nnunet_vl.training.network_builder import text_plan
+
+MAX_ROTATION_DEGREES = 15.0  # larger rotations turn "upper left" into another place; 2D nnU-Net rotates up to 180
+
+
+class TextBoundNetwork(nn.Module):
+    """Calls the VL network with a fixed text; keeps the auxiliary outputs of the last call for the text loss."""
+
+    def __init__(self, network: nn.Module, text: TextInputs, keep_aux: bool = False):
+        super().__init__()
+        self.network, self.text, self.keep_aux = network, text, keep_aux
+        self.aux: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor):
+        text = self.text if self.text.batch_size == x.shape[0] else _repeat(self.text, x.shape[0])
+        if not self.keep_aux:
+            return self.network(x, text)
+        output, self.aux = self.network(x, text, return_aux=True)
+        return output
+
+
+def _repeat(text: TextInputs, batch_size: int) -> TextInputs:
+    return TextInputs(text.report_ids.expand(batch_size, -1), text.report_mask.expand(batch_size, -1),
+                      text.class_ids, text.class_mask, text.concept_ids, text.concept_mask, text.concept_present)
+
+
+class GroupPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule, scaled per parameter group by the group's `lr_factor`."""
+
+    def step(self, current_step=None):
+        super().step(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group.get("lr_factor", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The VL network inside DDP and torch.compile wrappers."""
+    network = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    return getattr(network, "_orig_mod", network)
+
+
+class nnUNetTrainerVL(nnUNetTrainer):
+    """Base of the VL trainers; subclasses set `method`, build their network and text loss."""
+
+    method: str = ""
+    text_mode: str = "report"  # the _noText ablations train (and predict) with empty reports
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.text_plan = text_plan(self.plans_manager, self.configuration_manager)
+        self.text_cache = load_text_cache(self.preprocessed_dataset_folder_base)
+        self.text_mirror_axes: tuple[int, ...] = ()
+        self.text_provider: TextProvider | None = None
+        self.text_terms: list[dict[str, float]] = []
+        add_text_terms_to_logger(self.logger, self.text_loss_terms())
+
+    # ----- set-up -------------------------------------------------------------------------------
+    def text_loss_terms(self) -> list[str]:
+        """Names of the text loss terms logged per epoch (subclasses list theirs)."""
+        raise NotImplementedError
+
+    def build_text_loss(self) -> nn.Module:
+        raise NotImplementedError
+
+    def initialize(self) -> None:
+        encoder_path = resolve_encoder(self.text_plan["encoder"])
+        tokenizer = load_tokenizer(encoder_path)
+        super().initialize()
+        network = unwrap(self.network)
+        missing, unexpected = network.text_encoder.load_state_dict(
+            load_pretrained_encoder(encoder_path).state_dict(), strict=False)
+        missing = [k for k in missing if "pooler" not in k]
+        if missing:
+            raise RuntimeError(f"pretrained encoder {encoder_path} lacks weights {missing[:5]}")
+        class_texts = [(name, self.text_cache.label_texts[name]) for name in self.text_plan["class_names"]]
+        network.text_assets.tokenizer_files = tokenizer_files(tokenizer)
+        network.text_assets.label_texts = class_texts
+        self.text_provider = TextProvider(
+            TextTokenizer(tokenizer, self.text_plan["max_tokens"], self.text_plan["max_label_tokens"]),
+            class_texts, self.text_cache.reports, self.text_plan["direction_axes"],
+            self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"))
+        self.text_loss = self.build_text_loss().to(self.device)
+        self.print_to_log_file(f"Text branch: {self.method}, encoder '{self.text_plan['encoder']}', fusion "
+                               f"{self.text_plan['fusion_reason']}; mirror axes with text swap {self.text_mirror_axes}")
+
+    def configure_optimizers(self):
+        network = unwrap(self.network)
+        text_ids = {id(p) for p in network.text_encoder.parameters()}
+        groups = [
+            {"params": [p for p in network.parameters() if id(p) not in text_ids], "lr_factor": 1.0},
+            {"params": [p for p in network.text_encoder.parameters()],
+             "lr_factor": float(self.text_plan["text_lr_factor"])},
+        ]
+        optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, GroupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        limit = np.deg2rad(MAX_ROTATION_DEGREES)
+        rotation = (max(rotation[0], -limit), min(rotation[1], limit))
+        # mirroring moves from the augmentation workers into train_step, where the report can follow it
+        self.text_mirror_axes = tuple(mirror_axes or ())
+        return rotation, dummy_2d, initial_patch_size, None
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        unwrap(self.network).image_unet.decoder.deep_supervision = enabled
+
+    # ----- steps ----------------------------------------------------------------------------------
+    @contextmanager
+    def _text_bound(self, text: TextInputs, text_loss: bool):
+        network, seg_loss = self.network, self.loss
+        bound = TextBoundNetwork(network, text, keep_aux=text_loss)
+        terms: dict[str, torch.Tensor] = {}
+
+        def loss_with_text(output, target):
+            total = seg_loss(output, target)
+            terms.update(self.text_loss(bound.aux, target[0] if isinstance(target, list) else target))
+            return total + terms["total"]
+
+        self.network = bound
+        if text_loss:
+            self.loss = loss_with_text
+        try:
+            yield terms
+        finally:
+            self.network, self.loss = network, seg_loss
+
+    def _mirror(self, batch: dict) -> list[tuple[int, ...]]:
+        """Mirror each sample like nnU-Net's MirrorTransform (each allowed axis with p=0.5), in place."""
+        flips = [tuple(a for a in self.text_mirror_axes if torch.rand(1).item() < 0.5) for _ in batch["keys"]]
+        targets = batch["target"] if isinstance(batch["target"], list) else [batch["target"]]
+        for i, axes in enumerate(flips):
+            if axes:
+                dims = [a + 1 for a in axes]  # per-sample tensors are (c, *spatial)
+                batch["data"][i] = torch.flip(batch["data"][i], dims)
+                for t in targets:
+                    t[i] = torch.flip(t[i], dims)
+        return flips
+
+    def train_step(self, batch: dict) -> dict:
+        flips = self._mirror(batch)
+        text = self.text_provider.inputs(list(batch["keys"]), flips, self.text_mode).to(self.device)
+        with self._text_bound(text, text_loss=True) as terms:
+            result = super().train_step(batch)
+        result.update({k: v.detach().float().cpu().numpy() for k, v in terms.items() if k != "total"})
+        return result
+
+    def validation_step(self, batch: dict) -> dict:
+        text = self.text_provider.inputs(list(batch["keys"]), mode=self.text_mode).to(self.device)
+        with self._text_bound(text, text_loss=False):
+            return super().validation_step(batch)
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        for term in self.text_loss_terms():
+            values = [float(o[term]) for o in train_outputs if term in o]
+            value = float(np.mean(values)) if values else float("nan")
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered))
+            self.logger.log(f"train_{term}", value, self.current_epoch)
+            self.print_to_log_file(f"train_{term}", np.round(value, 4))
+
+    # ----- validation and checkpoints ---------------------------------------------------------------
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's final validation with nnUNetPredictorVL (the stock one cannot pass text to the network)."""
+        from nnunetv2.configuration import default_num_processes
+        from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+
+        from nnunet_vl.inference.predictor import nnUNetPredictorVL
+
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        predictor = nnUNetPredictorVL(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                      perform_everything_on_device=True, device=self.device, verbose=False,
+                                      verbose_preprocessing=False, allow_tqdm=False, text_mode=self.text_mode)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        predictor.set_text_provider(self.text_provider)
+        output_folder = join(self.output_folder, "validation")
+        os.makedirs(output_folder, exist_ok=True)
+        _, val_keys = self.do_split()
+        if self.is_ddp:
+            val_keys = val_keys[self.local_rank::dist.get_world_size()]
+        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+
+        def cases():
+            for k in dataset_val.identifiers:
+                self.print_to_log_file(f"predicting {k}")
+                data, _, _, properties = dataset_val.load_case(k)
+                yield {"data": torch.from_numpy(np.asarray(data[:])), "data_properties": properties,
+                       "ofile": join(output_folder, k)}
+
+        predictor.predict_from_data_iterator(cases(), save_probabilities, default_num_processes)
+        if self.is_ddp:
+            dist.barrier()
+        if self.local_rank == 0:
+            metrics = compute_metrics_on_folder(
+                join(self.preprocessed_dataset_folder_base, "gt_segmentations"), output_folder,
+                join(output_folder, "summary.json"), self.plans_manager.image_reader_writer_class(),
+                self.dataset_json["file_ending"],
+                self.label_manager.foreground_regions if self.label_manager.has_regions
+                else self.label_manager.foreground_labels,
+                self.label_manager.ignore_label, chill=True, num_processes=default_num_processes)
+            self.print_to_log_file("Validation complete", also_print_to_console=True)
+            self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
+                                   also_print_to_console=True)
+        self.set_deep_supervision_enabled(True)

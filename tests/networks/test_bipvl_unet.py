@@ -1,0 +1,204 @@
+"""BiPVLUNet on PlainConvUNet / ResidualEncoderUNet (2D and 3D) with a tiny random BERT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+
+from nnunet_vl.losses.bipvl import GlobalLocalContrastiveLoss
+from nnunet_vl.networks.bipvl_unet import BiPVLUNet
+from nnunet_vl.networks.text_inputs import TextInputs
+
+NUM_CLASSES = 3
+CLASS_TEXTS = ["background tissue", "the liver organ", "a round hypodense lesion"]
+CONCEPT_TEXTS = [  # (C, K): "" = concept missing for that class
+    ["", "outside the organ", "dark"],
+    ["large smooth organ", "upper right", "homogeneous"],
+    ["round small", "", "dark hypodense"],
+]
+REPORTS = ["the lesion is in the upper left", "one small lesion in the lower right lobe of the liver"]
+
+
+def make_unet(kind: str, ndim: int, deep_supervision: bool) -> nn.Module:
+    conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if ndim == 2 else (nn.Conv3d, nn.InstanceNorm3d)
+    common = dict(
+        input_channels=1, n_stages=4, features_per_stage=[8, 16, 32, 32], conv_op=conv, kernel_sizes=3,
+        strides=[1, 2, 2, 2], num_classes=NUM_CLASSES, n_conv_per_stage_decoder=1, conv_bias=True, norm_op=norm,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+        deep_supervision=deep_supervision,
+    )
+    if kind == "plain":
+        return PlainConvUNet(n_conv_per_stage=2, **common)
+    return ResidualEncoderUNet(n_blocks_per_stage=[1, 2, 2, 2], **common)
+
+
+def make_model(
+    bert_dir: Path, kind: str = "plain", ndim: int = 2, deep_supervision: bool = False,
+    fusion_stages: tuple[int, ...] = (1, 2, 3), attn_implementation: str = "sdpa", uncertainty_weighting: bool = False,
+) -> BiPVLUNet:
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(bert_dir, attn_implementation=attn_implementation)
+    return BiPVLUNet(
+        make_unet(kind, ndim, deep_supervision), AutoModel.from_config(config), fusion_stages, fusion_dim=16,
+        fusion_heads=2, fusion_depth=2, num_classes=NUM_CLASSES, proj_dim=8, uncertainty_weighting=uncertainty_weighting,
+    )
+
+
+def open_gates(model: BiPVLUNet, value: float = 0.5) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_gate"):
+                p.fill_(value)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def make_text(tokenizer: PreTrainedTokenizerBase, reports: list[str] = REPORTS, extra_padding: int = 0) -> TextInputs:
+    def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(tokenizer(t)["input_ids"]) for t in texts) + extra_padding
+        enc = tokenizer(texts, padding="max_length", max_length=length, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    report_ids, report_mask = encode(reports)
+    class_ids, class_mask = encode(CLASS_TEXTS)
+    concept_ids, concept_mask = encode([t for row in CONCEPT_TEXTS for t in row])
+    k = len(CONCEPT_TEXTS[0])
+    present = torch.tensor([[bool(t) for t in row] for row in CONCEPT_TEXTS])
+    return TextInputs(report_ids, report_mask, class_ids, class_mask, concept_ids.view(NUM_CLASSES, k, -1),
+                      concept_mask.view(NUM_CLASSES, k, -1), present)
+
+
+def image(ndim: int, batch: int = 2) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(batch, 1, *([32, 32] if ndim == 2 else [16, 16, 16]))
+
+
+def target_for(x: torch.Tensor) -> torch.Tensor:
+    """Class 1 in the first half of the first spatial axis, class 2 in a corner block, background elsewhere."""
+    target = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=torch.long)
+    target[:, :, : x.shape[2] // 2] = 1
+    target[(slice(None), slice(None)) + (slice(-4, None),) * (x.ndim - 2)] = 2
+    return target
+
+
+@pytest.mark.parametrize("kind", ["plain", "resenc"])
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_forward_shapes_and_equals_image_unet_at_init(tiny_bert: Path, tokenizer, kind, ndim, deep_supervision) -> None:
+    stages = (0, 1, 2, 3) if deep_supervision else (1, 3)  # 4 chunks over 2 text layers: some chunks are empty
+    model = make_model(tiny_bert, kind, ndim, deep_supervision, fusion_stages=stages).eval()
+    x, text = image(ndim), make_text(tokenizer)
+    with torch.no_grad():
+        reference = model.image_unet(x)
+        seg, aux = model(x, text, return_aux=True)
+        assert_same_output(model(x), reference)
+    assert_same_output(seg, reference)
+
+    assert aux["text_class"].shape == (2, NUM_CLASSES, 8)
+    assert aux["concept_text"].shape == (NUM_CLASSES, 3, 8)
+    assert torch.equal(aux["concept_present"], text.concept_present)
+    assert sorted(k for k in aux if k.startswith("visual_")) == [f"visual_{k}" for k in stages]
+    for k in stages:
+        assert aux[f"visual_{k}"].shape[:2] == (2, 8)
+        assert aux[f"visual_{k}"].shape[2:] == x.shape[2:] if k == 0 else aux[f"visual_{k}"].shape[2] < x.shape[2]
+    for key in ("text_class", "concept_text"):
+        torch.testing.assert_close(aux[key].norm(dim=-1), torch.ones(aux[key].shape[:-1]))
+
+
+def assert_same_output(a: torch.Tensor | list[torch.Tensor], b: torch.Tensor | list[torch.Tensor]) -> None:
+    a, b = (a, b) if isinstance(a, list) else ([a], [b])
+    assert len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_pooler_removed_and_text_encoder_exposed(tiny_bert: Path) -> None:
+    model = make_model(tiny_bert)
+    assert model.text_encoder.pooler is None
+    assert not any("pooler" in key for key in model.state_dict())
+    assert {id(p) for p in model.text_encoder_parameters()} == {id(p) for p in model.text_encoder.parameters()}
+    assert {n for n, _ in model.named_parameters() if n.startswith("text_branch.text_encoder.")}
+
+
+def test_rejects_bad_fusion_stages(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError):
+        make_model(tiny_bert, fusion_stages=(1, 4))
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_text_padding_has_no_effect(tiny_bert: Path, tokenizer, attn_implementation: str) -> None:
+    model = make_model(tiny_bert, attn_implementation=attn_implementation).eval()
+    open_gates(model)
+    x = image(2)
+    with torch.no_grad():
+        seg_a, aux_a = model(x, make_text(tokenizer), return_aux=True)
+        seg_b, aux_b = model(x, make_text(tokenizer, extra_padding=9), return_aux=True)
+        assert (seg_a - model.image_unet(x)).abs().max() > 1e-4  # the text does reach the output
+    torch.testing.assert_close(seg_b, seg_a, rtol=1e-4, atol=1e-5)
+    for key in aux_a:
+        torch.testing.assert_close(aux_b[key], aux_a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_report_changes_output_once_gates_are_open(tiny_bert: Path, tokenizer) -> None:
+    model = make_model(tiny_bert, ndim=3).eval()
+    x = image(3)
+    swapped = make_text(tokenizer, reports=["a large mass in the right upper lobe", "no lesion seen"])
+    with torch.no_grad():
+        assert torch.equal(model(x, make_text(tokenizer)), model(x, swapped))
+        open_gates(model)
+        assert (model(x, make_text(tokenizer)) - model(x, swapped)).abs().max() > 1e-4
+
+
+def seg_and_contrastive_loss(model: BiPVLUNet, x: torch.Tensor, text: TextInputs) -> torch.Tensor:
+    """Cross-entropy on every deep-supervision output plus the contrastive total."""
+    seg, aux = model(x, text, return_aux=True)
+    target = target_for(x)
+    outputs = seg if isinstance(seg, list) else [seg]
+    ce = sum(F.cross_entropy(o, F.interpolate(target.float(), size=o.shape[2:])[:, 0].long()) for o in outputs)
+    loss = GlobalLocalContrastiveLoss(uncertainty_weighting=model.log_vars is not None)
+    return ce + loss(aux, target)["total"]
+
+
+@pytest.mark.parametrize("kind, ndim", [("plain", 2), ("resenc", 3)])
+def test_every_parameter_gets_gradient(tiny_bert: Path, tokenizer, kind: str, ndim: int) -> None:
+    model = make_model(tiny_bert, kind, ndim, deep_supervision=True, uncertainty_weighting=True).train()
+    x, text = image(ndim), make_text(tokenizer)
+    seg_and_contrastive_loss(model, x, text).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+    open_gates(model)
+    model.zero_grad(set_to_none=True)
+    seg_and_contrastive_loss(model, x, text).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+def test_training_steps_decrease_loss(tiny_bert: Path, tokenizer) -> None:
+    model = make_model(tiny_bert, uncertainty_weighting=True).train()
+    x, text = image(2), make_text(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss = seg_and_contrastive_loss(model, x, text)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert any(torch.tanh(p).abs().max() > 1e-3 for n, p in model.named_parameters() if n.endswith("_gate"))
+
+
+def test_text_none_runs_plain_unet(tiny_bert: Path) -> None:
+    model = make_model(tiny_bert).eval()
+    open_gates(model)
+    x = image(2)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.image_unet(x))
+    with pytest.raises(ValueError):
+        model(x, None, return_aux=True)
