@@ -1,7 +1,23 @@
-"""Shared fixtures: a tiny random BERT (model + tokenizer) saved to a temporary directory."""
+"""Shared fixtures: nnU-Net folders for the test session, a tiny random BERT, tiny synthetic datasets."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# nnunetv2 reads its folders from the environment when first imported: set them before any test imports it,
+# always to a fresh temporary tree so a developer's real nnU-Net folders are never touched.
+_ROOT = Path(tempfile.mkdtemp(prefix="nnunet_vl_tests_"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+for _var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.environ[_var] = str(_ROOT / _var)
+    (_ROOT / _var).mkdir()
+os.environ["nnUNet_extTrainer"] = str(Path(__file__).resolve().parents[1] / "nnunet_vl" / "trainers")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["nnUNet_def_n_proc"] = "1"
+os.environ["nnUNet_n_proc_DA"] = "1"
 
 import pytest
 from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -41,3 +57,21 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     BertModel(config).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def nnunet_folders() -> dict[str, Path]:
+    """The session's nnU-Net raw, preprocessed and results folders (also set in os.environ)."""
+    return {var: Path(os.environ[var]) for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+
+
+@pytest.fixture(scope="session")
+def planned_2d(tiny_bert: Path, nnunet_folders: dict[str, Path]) -> int:
+    """A tiny synthetic 2D dataset (id 801), planned and preprocessed with the tiny BERT."""
+    from nnunet_vl.data.synthetic import make_synthetic_dataset
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+
+    make_synthetic_dataset(nnunet_folders["nnUNet_raw"], 801, dim=2, num_train=12, num_test=3, size=32, seed=1)
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           num_processes=[1])
+    return 801

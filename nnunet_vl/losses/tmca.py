@@ -109,7 +109,8 @@ class TargetInformedAlignmentLoss(nn.Module):
 
         positive = (report * targets).sum(dim=-1, keepdim=True) / self.temperature
         same_report = keys[:, None] == keys[None, :]
-        in_batch = (report @ targets.T / self.temperature).masked_fill(same_report | ~has_foreground[None, :], -math.inf)
+        in_batch = report @ targets.T / self.temperature
+        in_batch = in_batch.masked_fill(same_report | ~has_foreground[None, :], -math.inf)
         queue, queue_keys = self._queue(level, report)
         queued = (report @ queue.T / self.temperature).masked_fill(keys[:, None] == queue_keys[None, :], -math.inf)
         logits = [positive, in_batch, queued]

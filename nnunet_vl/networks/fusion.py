@@ -24,7 +24,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"fusion dim {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False)  # a key bias cancels in the softmax
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 

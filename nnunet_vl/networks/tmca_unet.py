@@ -103,7 +103,10 @@ class TMCAUNet(nn.Module):
         self.image_heads = nn.ModuleList(nn.Linear(channels[s], proj_dim, bias=False) for s in self.align_stages)
         conv_op = image_unet.encoder.conv_op
         self.enhancements = nn.ModuleDict(
-            {str(s): TargetEnhancement(conv_op, channels[s], text_dim, fusion_dim, fusion_heads) for s in self.enhance_stages}
+            {
+                str(s): TargetEnhancement(conv_op, channels[s], text_dim, fusion_dim, fusion_heads)
+                for s in self.enhance_stages
+            }
         )
 
     def forward(

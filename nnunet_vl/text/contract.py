@@ -179,12 +179,7 @@ def _collect_label_texts(folder: Path, dataset_json: dict, label_names: list[str
     where = str(folder / "dataset.json")
     raw: dict = {}
     if isinstance(spec, str):
-        if spec in available_corpora():
-            try:
-                raw = label_texts_from_corpus(spec, label_names)
-            except CorpusError as e:
-                problems.append(TextProblem(where, str(e), "add the label under label_texts or pick another corpus"))
-        elif (folder / spec).is_file():
+        if (folder / spec).is_file():
             where = str(folder / spec)
             text = _decode((folder / spec).read_bytes(), where, problems)
             try:
@@ -192,9 +187,11 @@ def _collect_label_texts(folder: Path, dataset_json: dict, label_names: list[str
             except json.JSONDecodeError as e:
                 problems.append(TextProblem(where, f"is not valid JSON ({e.msg})", "fix the JSON syntax"))
         else:
-            problems.append(TextProblem(where, f"label_texts '{spec}' is neither a corpus nor a file",
-                                        f"use one of the corpora {available_corpora()} or a path relative to "
-                                        f"{folder}"))
+            try:
+                raw = label_texts_from_corpus(spec, label_names)
+            except CorpusError as e:
+                problems.append(TextProblem(where, str(e), f"use a file path relative to {folder} or one of the "
+                                                           f"corpora {available_corpora()}"))
     elif isinstance(spec, dict):
         raw = spec
     elif spec is not None:

@@ -204,8 +204,9 @@ class nnUNetTrainerVL(nnUNetTrainer):
         predictor = nnUNetPredictorVL(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                       perform_everything_on_device=True, device=self.device, verbose=False,
                                       verbose_preprocessing=False, allow_tqdm=False, text_mode=self.text_mode)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
+        network = unwrap(self.network)
+        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager,
+                                        [network.state_dict()], self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
         predictor.set_text_provider(self.text_provider)
         output_folder = join(self.output_folder, "validation")

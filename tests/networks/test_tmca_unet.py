@@ -13,11 +13,20 @@ from transformers import AutoModel, AutoTokenizer
 from nnunet_vl.losses.tmca import TargetInformedAlignmentLoss
 from nnunet_vl.networks.target_enhancement import TargetEnhancement
 from nnunet_vl.networks.text_inputs import TextInputs
-from nnunet_vl.networks.tmca_unet import TMCAUNet
+from nnunet_vl.networks.tmca_unet import TMCAUNet, report_keys
 
 NUM_CLASSES = 3
 SPATIAL = {2: (32, 32), 3: (16, 16, 16)}
 REPORTS = ["round lesion in the upper left lung", "two small nodules in the lower right lobe"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tensors here are tiny: one thread avoids OpenMP spin-waits when the CPU is shared (100x faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_unet(architecture: str, dim: int, deep_supervision: bool = True) -> nn.Module:
@@ -93,7 +102,7 @@ def tokenizer(tiny_bert: Path):
 @pytest.mark.parametrize("architecture", ["plain", "resenc"])
 @pytest.mark.parametrize("dim", [2, 3])
 def test_forward_shapes_aux_and_attention(tiny_bert: Path, tokenizer, architecture: str, dim: int) -> None:
-    model = make_tmca(tiny_bert, architecture, dim)
+    model = make_tmca(tiny_bert, architecture, dim).eval()
     open_gates(model, 0.5)
     x = torch.randn(2, 1, *SPATIAL[dim])
     text = make_text(tokenizer, REPORTS)
@@ -116,13 +125,13 @@ def test_forward_shapes_aux_and_attention(tiny_bert: Path, tokenizer, architectu
         assert aux[f"image_head_l{level}"].shape == (8, channels[level])
         assert torch.allclose(aux[f"text_l{level}"].norm(dim=-1), torch.ones(2))
     assert aux["report_key"].shape == (2,) and aux["report_key"][0] != aux["report_key"][1]
-    seg_only, attention_only = model(x, text, return_attention=True)
+    _, attention_only = model(x, text, return_attention=True)
     assert torch.equal(attention_only, attention)
 
 
 @pytest.mark.parametrize("architecture, dim", [("plain", 2), ("resenc", 3)])
 def test_untrained_network_equals_image_unet(tiny_bert: Path, tokenizer, architecture: str, dim: int) -> None:
-    model = make_tmca(tiny_bert, architecture, dim)
+    model = make_tmca(tiny_bert, architecture, dim).train()  # text dropout on: must not matter either
     x = torch.randn(2, 1, *SPATIAL[dim])
     expected = model.image_unet(x)
     with_report = model(x, make_text(tokenizer, REPORTS))
@@ -141,7 +150,7 @@ def test_without_text_aux_is_empty_and_attention_neutral(tiny_bert: Path) -> Non
 
 @pytest.mark.parametrize("architecture, dim", [("plain", 2), ("resenc", 3)])
 def test_every_parameter_gets_a_gradient(tiny_bert: Path, tokenizer, architecture: str, dim: int) -> None:
-    model = make_tmca(tiny_bert, architecture, dim)
+    model = make_tmca(tiny_bert, architecture, dim).train()
     assert model.text_encoder.pooler is None
     alignment = TargetInformedAlignmentLoss(level_weights=[1.0, 0.5, 0.25])
     target = make_target(dim)
@@ -171,7 +180,7 @@ def test_report_changes_output_once_gates_open(tiny_bert: Path, tokenizer) -> No
 
 
 def test_training_steps_reduce_the_loss(tiny_bert: Path, tokenizer) -> None:
-    model = make_tmca(tiny_bert, "plain", 2)
+    model = make_tmca(tiny_bert, "plain", 2).train()
     alignment = TargetInformedAlignmentLoss(level_weights=[1.0, 1.0, 1.0], queue_size=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, target, text = torch.randn(2, 1, *SPATIAL[2]), make_target(2), make_text(tokenizer, REPORTS)
@@ -186,6 +195,14 @@ def test_training_steps_reduce_the_loss(tiny_bert: Path, tokenizer) -> None:
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
     assert any(e.text_gate.abs().sum() > 0 for e in model.enhancements.values())
+
+
+def test_report_keys_ignore_padding(tokenizer) -> None:
+    short = tokenizer(REPORTS + ["lesion"], padding="max_length", max_length=12, return_tensors="pt")
+    long = tokenizer(REPORTS + ["lesion"], padding="max_length", max_length=20, return_tensors="pt")
+    keys = report_keys(short["input_ids"], short["attention_mask"])
+    assert torch.equal(keys, report_keys(long["input_ids"], long["attention_mask"]))
+    assert len(set(keys.tolist())) == 3
 
 
 def test_rejects_bad_configuration(tiny_bert: Path) -> None:
