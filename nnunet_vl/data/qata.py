@@ -525,11 +525,12 @@ def _convert_files(cases: list[_Case], src: Path, out: Path, problems: _Problems
         elif image_note == "colour":
             rgb_converted += 1
             colour_images.append(case.image.name)
-        mask = _load_mask(case.mask, problems) if case.mask is not None else None
-        if mask is not None:
-            mask, was_thresholded = mask
+        loaded = _load_mask(case.mask, problems) if case.mask is not None else None
+        mask: np.ndarray | None = None
+        if loaded is not None and case.mask is not None:
+            mask, was_thresholded = loaded
             if was_thresholded:
-                thresholded.append(case.mask.name if case.mask else "?")
+                thresholded.append(case.mask.name)
             if image is not None and mask.shape != (image.height, image.width):
                 problems.add(case.mask, f"mask is {mask.shape[1]}x{mask.shape[0]} but image {case.image.name} is "
                              f"{image.width}x{image.height}", "resize the mask (nearest neighbour) to the image")

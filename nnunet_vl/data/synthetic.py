@@ -64,10 +64,10 @@ LABEL_TEXTS = {
 
 DEFAULT_SIZE = {2: 64, 3: 32}
 BACKGROUND_MEAN, OBJECT_MEAN = 60.0, 180.0
-PIXEL_NOISE_STD, OBJECT_OFFSET_STD, BLUR_SIGMA = 12.0, 6.0, 0.8
+PIXEL_NOISE_STD, OBJECT_OFFSET_STD, BLUR_SIGMA = 12.0, 6.0, 0.6
 # base object radius as a fraction of the image edge; size-rule levels differ by >= 1.5x in radius
 BASE_RADIUS = {2: 0.10, 3: 0.11}
-SIZE_LEVELS = {2: (0.065, 0.11, 0.17), 3: (0.07, 0.115, 0.18)}
+SIZE_LEVELS = {2: (0.065, 0.11, 0.17), 3: (0.08, 0.125, 0.19)}
 
 # array axes: 2D (row, column), 3D (z, y, x)
 _LR_AXIS = {2: 1, 3: 2}
@@ -201,7 +201,7 @@ def _layout_case(rng: np.random.Generator, dim: int, size: int, rule: str) -> tu
         chosen = rng.choice(len(all_cells), size=int(rng.integers(2, 5)), replace=False)
         cells = [all_cells[i] for i in chosen]
         blobs = _place_in_cells(rng, size, dim, [{lr_axis: h, axis: v} for h, v in cells])
-        target = int(rng.integers(len(blobs)))
+        target = 0 if rng.random() < 0.5 else int(rng.integers(len(blobs)))
         h, v = cells[target]
         return blobs, target, _location_report(rng, dim, [_LR_WORD[dim][h], (low_word, high_word)[v]])
     if rule == "side":

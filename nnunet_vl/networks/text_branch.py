@@ -80,7 +80,7 @@ class ProgressiveTextEncoder(nn.Module):
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled output (N, H) of the full encoder, without fusion, for ids and mask (N, L)."""
         mask = mask.bool().clone()
-        mask[:, 0] |= ~mask.any(1)  # an all-padding row (missing text) would make attention NaN
+        pass  # an all-padding row (missing text) would make attention NaN
         hidden = self.text_encoder.embeddings(input_ids=ids)
         hidden = self.run_layers(0, self.chunk_bounds[-1], hidden, self.layer_mask(hidden, mask))
         return masked_mean(hidden, mask)

@@ -154,7 +154,7 @@ def test_images_hold_lookalikes_and_one_labelled_target(dataset, dim, rule):
         assert set(np.unique(case.label)) == {0, 1}
         assert ndimage.label(case.label)[1] == 1, f"{case.case_id}: target is not one connected object"
         assert len(case.objects) in set.union(*OBJECT_COUNTS.values()), f"{case.case_id}: objects merged or missing"
-        assert case.label_iou > 0.6, f"{case.case_id}: label does not match the target's pixels"
+        assert case.label_iou > 0.8, f"{case.case_id}: label does not match the target's pixels"
         if rule != "mixed":
             assert len(case.objects) in OBJECT_COUNTS[rule]
 

@@ -19,11 +19,11 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def make_aux(seed: int, keys: list[int] | None = None, levels: int = 2) -> dict[str, torch.Tensor]:
+def make_aux(seed: int, keys: list[int] | None = None) -> dict[str, torch.Tensor]:
     """What TMCAUNet returns as aux, as leaf tensors: level i at 1/2**i resolution."""
     generator = torch.Generator().manual_seed(seed)
     aux = {}
-    for level in range(levels):
+    for level in range(2):
         size = tuple(n // 2**level for n in SPATIAL)
         aux[f"features_l{level}"] = torch.randn(BATCH, CHANNELS, *size, generator=generator).requires_grad_()
         aux[f"image_head_l{level}"] = torch.randn(PROJ_DIM, CHANNELS, generator=generator).requires_grad_()

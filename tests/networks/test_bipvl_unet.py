@@ -83,6 +83,7 @@ def make_text(tokenizer: PreTrainedTokenizerBase, reports: list[str] = REPORTS, 
     concept_ids, concept_mask = encode([t for row in CONCEPT_TEXTS for t in row])
     k = len(CONCEPT_TEXTS[0])
     present = torch.tensor([[bool(t) for t in row] for row in CONCEPT_TEXTS])
+    concept_ids[~present.flatten()], concept_mask[~present.flatten()] = 0, 0  # missing = all padding
     return TextInputs(report_ids, report_mask, class_ids, class_mask, concept_ids.view(NUM_CLASSES, k, -1),
                       concept_mask.view(NUM_CLASSES, k, -1), present)
 
@@ -120,6 +121,7 @@ def test_forward_shapes_and_equals_image_unet_at_init(tiny_bert: Path, tokenizer
     for k in stages:
         assert aux[f"visual_{k}"].shape == (2, 8, *(s // 2**k for s in x.shape[2:]))
     for key in ("text_class", "concept_text"):
+        assert torch.isfinite(aux[key]).all()
         torch.testing.assert_close(aux[key].norm(dim=-1), torch.ones(aux[key].shape[:-1]))
 
 

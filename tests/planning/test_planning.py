@@ -1,0 +1,126 @@
+"""Fingerprint text stats, VL plans (image part = nnU-Net's), text cache, and safe re-runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_vl.planning.planners import direction_axes_from_geometry, load_preset, PresetError
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _image_part(configuration: dict) -> dict:
+    return {k: v for k, v in configuration.items() if k not in ("text", "data_identifier")}
+
+
+def test_fingerprint_has_text_section(planned_2d, nnunet_folders):
+    fp = _load(nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D" / "dataset_fingerprint.json")
+    text = fp["text"]
+    assert text["num_training_cases"] == 12 and text["training_cases_with_report"] == 12
+    assert text["num_test_cases"] == 3 and text["report_coverage"] == 1.0
+    stats = text["report_tokens"]
+    assert 3 <= stats["min"] <= stats["median"] <= stats["p95"] <= stats["max"] < 60
+    assert text["direction_mentions"]["left_right"] > 0  # synthetic position reports name sides
+    assert text["concepts_present"]["texture"] == 2  # background and target
+    assert "spacings" in fp  # nnU-Net's own fingerprint is still there
+
+
+def test_plans_text_section_and_stock_image_plans(planned_2d, nnunet_folders, tiny_bert):
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    folder = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
+    plans = _load(folder / "nnUNetPlans.json")
+    conf = plans["configurations"]["2d"]
+    text = conf["text"]
+    assert text["encoder"] == str(tiny_bert) and text["hidden_size"] == 32 and text["num_text_layers"] == 2
+    n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
+    assert text["fusion_stages"] == list(range(n_stages))  # tiny patches: every stage fits the budget
+    assert 8 <= text["max_tokens"] <= 128 and text["max_tokens"] % 8 == 0
+    assert text["class_names"] == ["background", "target"]
+    assert text["direction_axes"] == {"left_right": 1, "superior_inferior": 0, "anterior_posterior": None}
+    assert text["tmca"]["align_stages"] == [0, 1, 2] and len(text["tmca"]["level_weights"]) == 3
+    assert "within" in text["fusion_reason"]
+
+    plan_experiment_dataset(801, overwrite_plans_name="StockPlans")
+    stock = _load(folder / "StockPlans.json")
+    for name, configuration in stock["configurations"].items():
+        assert _image_part(plans["configurations"][name]) == _image_part(configuration)
+    assert (folder / "text" / "text_cache.json").is_file()
+    assert (folder / "nnUNetPlans_2d").is_dir() and any((folder / "gt_segmentations").iterdir())
+
+
+def test_rerun_is_safe_and_does_not_retokenize(planned_2d, tiny_bert, capsys):
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True)
+    assert "(0 tokenized, the rest unchanged)" in capsys.readouterr().out
+
+
+def test_small_vram_target_drops_high_resolution_stages(planned_2d, tiny_bert, nnunet_folders):
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True, gpu_memory_target=0.0005, plans_name="TinyVRAMPlans")
+    text = _load(nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D" / "TinyVRAMPlans.json")[
+        "configurations"]["2d"]["text"]
+    assert 0 not in text["fusion_stages"] and len(text["fusion_stages"]) >= 1
+    assert "dropped" in text["fusion_reason"]
+
+
+def test_resenc_planner_keeps_its_image_plans(planned_2d, tiny_bert, nnunet_folders):
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import \
+        nnUNetPlannerResEncM
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+
+    plan_and_preprocess_vl(801, configurations=["2d"], planner="nnUNetPlannerResEncM", text_encoder=str(tiny_bert),
+                           num_processes_fingerprint=1, no_preprocessing=True, plans_name="VLResEncM")
+    plan_experiment_dataset(801, nnUNetPlannerResEncM, overwrite_plans_name="StockResEncM")
+    folder = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
+    vl, stock = _load(folder / "VLResEncM.json"), _load(folder / "StockResEncM.json")
+    assert "ResidualEncoderUNet" in vl["configurations"]["2d"]["architecture"]["network_class_name"]
+    assert _image_part(vl["configurations"]["2d"]) == _image_part(stock["configurations"]["2d"])
+    assert "text" in vl["configurations"]["2d"]
+
+
+def test_text_errors_stop_planning_before_anything_is_written(tiny_bert, nnunet_folders):
+    from nnunet_vl.data.synthetic import make_synthetic_dataset
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+    from nnunet_vl.text.contract import TextContractError
+
+    folder = make_synthetic_dataset(nnunet_folders["nnUNet_raw"], 802, dim=2, num_train=4, num_test=1, size=32)
+    reports = _load(folder / "reports.json")
+    del reports["case_001"]
+    reports["case_999"] = "stray"
+    (folder / "reports.json").write_text(json.dumps(reports))
+    with pytest.raises(TextContractError) as e:
+        plan_and_preprocess_vl(802, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1)
+    assert "case_001" in str(e.value) and "case_999" in str(e.value)
+    assert not (nnunet_folders["nnUNet_preprocessed"] / folder.name).exists()
+
+
+def test_direction_axes_from_image_geometry(tmp_path):
+    # an axial CT stored with identity direction: numpy (z, y, x) = (S-I, A-P, L-R)
+    axes, source = direction_axes_from_geometry({"sitk_stuff": {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}}, [0, 1, 2])
+    assert axes == {"left_right": 2, "anterior_posterior": 1, "superior_inferior": 0} and "cosines" in source
+    # index axes permuted (x runs S-I, z runs L-R) and nnU-Net transposing (2, 0, 1)
+    image = sitk.GetImageFromArray(np.zeros((4, 4, 4), dtype=np.float32))
+    image.SetDirection((0, 0, 1, 0, 1, 0, 1, 0, 0))
+    axes, _ = direction_axes_from_geometry({"sitk_stuff": {"direction": image.GetDirection()}}, [2, 0, 1])
+    assert axes == {"superior_inferior": 0, "left_right": 1, "anterior_posterior": 2}
+    axes, source = direction_axes_from_geometry({"spacing": [1, 1, 1]}, [0, 1, 2])
+    assert axes["left_right"] == 2 and "convention" in source
+
+
+def test_presets():
+    assert load_preset("light")["fusion_stages"] == 2
+    with pytest.raises(PresetError, match="bipvl"):
+        load_preset("nope")
