@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +36,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 RULES = ("position", "side", "size", "mixed")
+_T = TypeVar("_T")
 
 CONVENTIONS = {
     2: "2D PNG arrays are (row, column): 'left' = low column index (viewer's left), 'upper' = low row index.",
@@ -144,7 +146,7 @@ def _place_sized(rng: np.random.Generator, size: int, dim: int, radii: list[floa
     raise RuntimeError(f"could not place {len(radii)} separated objects in a {size}^{dim} image; use a larger size")
 
 
-def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+def _pick(rng: np.random.Generator, options: Sequence[_T]) -> _T:
     return options[int(rng.integers(len(options)))]
 
 
@@ -196,12 +198,12 @@ def _layout_case(rng: np.random.Generator, dim: int, size: int, rule: str) -> tu
         rule = _pick(rng, RULES[:3])
     lr_axis = _LR_AXIS[dim]
     if rule == "position":
-        axis, low_word, high_word = _pick(rng, _SECOND_CUES[dim])  # type: ignore[arg-type]
+        axis, low_word, high_word = _pick(rng, _SECOND_CUES[dim])
         all_cells = [(h, v) for v in (0, 1) for h in (0, 1)]
         chosen = rng.choice(len(all_cells), size=int(rng.integers(2, 5)), replace=False)
         cells = [all_cells[i] for i in chosen]
         blobs = _place_in_cells(rng, size, dim, [{lr_axis: h, axis: v} for h, v in cells])
-        target = 0 if rng.random() < 0.5 else int(rng.integers(len(blobs)))
+        target = int(rng.integers(len(blobs)))
         h, v = cells[target]
         return blobs, target, _location_report(rng, dim, [_LR_WORD[dim][h], (low_word, high_word)[v]])
     if rule == "side":
@@ -323,7 +325,11 @@ def make_synthetic_dataset(raw_root: Path, dataset_id: int, dim: int = 2, num_tr
             # move the old dataset aside first so a failure never leaves neither version in place
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=raw_root))
             folder.rename(old / folder.name)
-            partial.rename(folder)
+            try:
+                partial.rename(folder)
+            except BaseException:
+                (old / folder.name).rename(folder)
+                raise
             shutil.rmtree(old)
         else:
             partial.rename(folder)

@@ -1,12 +1,17 @@
 """nnUNetPredictorVL: nnU-Net's predictor with the case's text passed to every sliding-window tile."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from os.path import basename, join
+from os.path import basename, dirname, join
+from pathlib import Path
 
+import numpy as np
 import torch
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from torch import nn
 
 from nnunet_vl.text.directions import ANATOMICAL_AXES
 from nnunet_vl.text.provider import TEXT_MODES, TextProvider, tokenizer_from_files
@@ -15,17 +20,36 @@ from nnunet_vl.training.network_builder import text_plan
 from nnunet_vl.training.vl_trainer import TextBoundNetwork, unwrap
 
 
+class AttentionAsLogits(nn.Module):
+    """Presents a TMCA network's attention map A as logits whose softmax (or sigmoid) gives back A, so nnU-Net's
+    sliding window and its export geometry (resampling, un-cropping, un-transposing) apply to it unchanged."""
+
+    def __init__(self, network: nn.Module, num_channels: int, regions: bool):
+        super().__init__()
+        self.network, self.num_channels, self.regions = network, num_channels, regions
+
+    def forward(self, x: torch.Tensor, text) -> torch.Tensor:
+        _, attention = self.network(x, text, return_attention=True)
+        a = attention.float().clamp(1e-6, 1 - 1e-6)
+        rest = torch.full((a.shape[0], self.num_channels - (1 if self.regions else 2), *a.shape[2:]), -1e4,
+                          device=a.device)
+        first = [torch.logit(a)] if self.regions else [torch.log1p(-a), torch.log(a)]
+        return torch.cat([*first, rest], 1)
+
+
 class nnUNetPredictorVL(nnUNetPredictor):
     """Predicts with text. Per case: the report is tokenized once, bound to the network for all tiles, and
     test-time mirroring leaves out every axis whose directions the report names (a mirrored image would
     contradict "left", "upper", ...).
     """
 
-    def __init__(self, *args, text_mode: str = "report", **kwargs):
+    def __init__(self, *args, text_mode: str = "report", save_attention: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if text_mode not in TEXT_MODES:
             raise ValueError(f"unknown text mode '{text_mode}': use one of {TEXT_MODES}")
         self.text_mode = text_mode
+        self.save_attention = save_attention
+        self._case_item: dict | None = None
         self.text_provider: TextProvider | None = None
         self._case_text = None
         self._all_mirror_axes = None
@@ -39,6 +63,9 @@ class nnUNetPredictorVL(nnUNetPredictor):
         if getattr(recursive_find_trainer_class_by_name(self.trainer_name), "text_mode", "report") == "none":
             self.text_mode = "none"  # a _noText model never saw a report
         self._all_mirror_axes = self.allowed_mirroring_axes
+        if self.save_attention and "return_attention" not in inspect.signature(unwrap(self.network).forward).parameters:
+            raise ValueError(f"--save-attention needs a model with attention maps (nnUNetTrainerTMCA*); "
+                             f"{self.trainer_name} has none")
         self.set_reports(self._default_reports(), "the dataset's text cache")
 
     def manual_initialization(self, *args, **kwargs):
@@ -83,12 +110,39 @@ class nnUNetPredictorVL(nnUNetPredictor):
                 raise ValueError("nnUNetPredictorVL needs an output file name per case: its base name is the "
                                  "case id that selects the report")
             self.select_case(basename(item["ofile"]))
+            self._case_item = item
             yield item
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 3):
         return super().predict_from_data_iterator(self._with_case_text(data_iterator), save_probabilities,
                                                   num_processes_segmentation_export)
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        logits = super().predict_logits_from_preprocessed_data(data)
+        if self.save_attention:
+            self._export_attention(data)
+        return logits
+
+    def _export_attention(self, data: torch.Tensor) -> None:
+        """Write the case's attention map (0-255) aligned to the input, into <output>/attention/."""
+        item = self._case_item
+        network, mirroring = self.network, self.use_mirroring
+        self.network = AttentionAsLogits(network, self.label_manager.num_segmentation_heads,
+                                         self.label_manager.has_regions)
+        self.use_mirroring = False
+        try:
+            logits = self.predict_sliding_window_return_logits(data).cpu()
+        finally:
+            self.network, self.use_mirroring = network, mirroring
+        _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, item["data_properties"],
+            return_probabilities=True)
+        attention = probabilities[0 if self.label_manager.has_regions else 1]
+        out = Path(dirname(item["ofile"])) / "attention" / (basename(item["ofile"]) + self.dataset_json["file_ending"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.plans_manager.image_reader_writer_class().write_seg(
+            np.round(attention * 255).astype(np.uint8), str(out), item["data_properties"])
 
     @contextmanager
     def _network_with_case_text(self):

@@ -46,7 +46,7 @@ class BiPVLUNet(nn.Module):
         channels = encoder_stage_channels(image_unet)
         stages = sorted(set(int(k) for k in fusion_stages))
         if not stages or stages[0] < 0 or stages[-1] >= len(channels):
-            raise ValueError(f"fusion_stages {list(fusion_stages)} must be non-empty indices of the {len(channels)} encoder stages")
+            raise ValueError(f"fusion_stages {list(fusion_stages)} must index the {len(channels)} encoder stages")
         self.image_unet = image_unet
         self.fusion_stages = stages
         self.num_classes = num_classes
@@ -54,7 +54,8 @@ class BiPVLUNet(nn.Module):
         hidden = self.text_branch.hidden_size
         conv_op = image_unet.encoder.conv_op
         self.fusion = nn.ModuleList(
-            BidirectionalFusionBlock(conv_op, channels[k], hidden, fusion_dim, fusion_heads, fusion_depth) for k in stages
+            BidirectionalFusionBlock(conv_op, channels[k], hidden, fusion_dim, fusion_heads, fusion_depth)
+            for k in stages
         )
         self.visual_projections = nn.ModuleList(conv_op(channels[k], proj_dim, kernel_size=1) for k in stages)
         self.text_projection = nn.Linear(hidden, proj_dim)
@@ -67,6 +68,11 @@ class BiPVLUNet(nn.Module):
 
     def text_encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.text_encoder.parameters()
+
+    @property
+    def decoder(self) -> nn.Module:
+        """image_unet's decoder, so nnU-Net's set_deep_supervision_enabled works unchanged."""
+        return self.image_unet.decoder
 
     def forward(
         self, x: torch.Tensor, text: TextInputs | None = None, return_aux: bool = False

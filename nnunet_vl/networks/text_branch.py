@@ -8,7 +8,7 @@ from nnunet_vl.networks.text_inputs import TextInputs
 
 try:
     from transformers.masking_utils import create_bidirectional_mask
-except ImportError:  # transformers < 4.53 has no mask factory; its BERT layers take an additive (B, 1, 1, T) mask
+except ImportError:  # older transformers 4.x: no mask factory, BERT layers take an additive (B, 1, 1, T) mask
     create_bidirectional_mask = None
 
 
@@ -19,7 +19,8 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ProgressiveTextEncoder(nn.Module):
-    """Wraps a Hugging Face BERT-like encoder (has .embeddings and .encoder.layer), splits its layers into n_chunks progressive chunks.
+    """Wraps a Hugging Face BERT-like encoder (has .embeddings and .encoder.layer) and splits its layers
+    into n_chunks progressive chunks.
 
     Chunk k runs right before fusion block k; the layers are split as evenly as possible (chunks are
     empty when there are fewer layers than chunks). The text of a sample is its report followed by
@@ -80,7 +81,7 @@ class ProgressiveTextEncoder(nn.Module):
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled output (N, H) of the full encoder, without fusion, for ids and mask (N, L)."""
         mask = mask.bool().clone()
-        pass  # an all-padding row (missing text) would make attention NaN
+        mask[:, 0] |= ~mask.any(1)  # all-padding rows (missing concepts): older PyTorch SDPA returns NaN
         hidden = self.text_encoder.embeddings(input_ids=ids)
         hidden = self.run_layers(0, self.chunk_bounds[-1], hidden, self.layer_mask(hidden, mask))
         return masked_mean(hidden, mask)

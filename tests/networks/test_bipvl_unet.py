@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokeniz
 
 from nnunet_vl.losses.bipvl import GlobalLocalContrastiveLoss
 from nnunet_vl.networks.bipvl_unet import BiPVLUNet
+from nnunet_vl.networks.text_branch import ProgressiveTextEncoder, masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
 
 NUM_CLASSES = 3
@@ -46,8 +47,9 @@ def make_model(
     torch.manual_seed(0)
     config = BertConfig.from_pretrained(bert_dir, attn_implementation=attn_implementation)
     return BiPVLUNet(
-        make_unet(kind, ndim, deep_supervision, conv_bias), AutoModel.from_config(config), fusion_stages, fusion_dim=16,
-        fusion_heads=2, fusion_depth=2, num_classes=NUM_CLASSES, proj_dim=8, uncertainty_weighting=uncertainty_weighting,
+        make_unet(kind, ndim, deep_supervision, conv_bias), AutoModel.from_config(config), fusion_stages,
+        fusion_dim=16, fusion_heads=2, fusion_depth=2, num_classes=NUM_CLASSES, proj_dim=8,
+        uncertainty_weighting=uncertainty_weighting,
     )
 
 
@@ -113,6 +115,8 @@ def test_forward_shapes_and_equals_image_unet_at_init(tiny_bert: Path, tokenizer
         seg, aux = model(x, text, return_aux=True)
         assert_same_output(model(x), reference)
     assert_same_output(seg, reference)
+    full_resolution = seg[0] if deep_supervision else seg
+    assert isinstance(seg, list) == deep_supervision and full_resolution.shape == (2, NUM_CLASSES, *x.shape[2:])
 
     assert aux["text_class"].shape == (2, NUM_CLASSES, 8)
     assert aux["concept_text"].shape == (NUM_CLASSES, 3, 8)
@@ -136,6 +140,29 @@ def test_pooler_removed_and_text_encoder_exposed(tiny_bert: Path) -> None:
     assert not any("pooler" in key for key in model.state_dict())
     assert {id(p) for p in model.text_encoder_parameters()} == {id(p) for p in model.text_encoder.parameters()}
     assert {n for n, _ in model.named_parameters() if n.startswith("text_branch.text_encoder.")}
+    assert model.decoder is model.image_unet.decoder
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_text_chunks_reproduce_the_hf_encoder(tiny_bert: Path, tokenizer, attn_implementation: str) -> None:
+    """Without fusion, the chunks run in turn (and `encode`) equal the HF model's own masked forward."""
+    config = BertConfig.from_pretrained(tiny_bert, num_hidden_layers=5, attn_implementation=attn_implementation)
+    torch.manual_seed(0)
+    hf_model = AutoModel.from_config(config).eval()
+    branch = ProgressiveTextEncoder(hf_model, n_chunks=3, num_segments=2)
+    assert branch.chunk_bounds == [0, 2, 3, 5]
+    enc = tokenizer(REPORTS, padding=True, return_tensors="pt")
+    mask = enc["attention_mask"].bool()
+    assert not mask.all()
+    with torch.no_grad():
+        expected = hf_model(**enc).last_hidden_state
+        hidden = hf_model.embeddings(input_ids=enc["input_ids"])
+        layer_mask = branch.layer_mask(hidden, mask)
+        for k in range(branch.n_chunks):
+            hidden = branch.run_chunk(k, hidden, layer_mask)
+        pooled = branch.encode(enc["input_ids"], enc["attention_mask"])
+    torch.testing.assert_close(hidden[mask], expected[mask])
+    torch.testing.assert_close(pooled, masked_mean(expected, mask))
 
 
 def test_rejects_bad_fusion_stages(tiny_bert: Path) -> None:
