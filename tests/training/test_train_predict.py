@@ -43,7 +43,7 @@ def test_training_writes_checkpoint_with_text_assets_and_log(trained, nnunet_fol
     folder = fold_dir(nnunet_folders, trained)
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     weights = checkpoint["network_weights"]
-    assert any(k.startswith("text_encoder.") for k in weights)  # encoder weights travel with the model
+    assert any("text_encoder.encoder.layer" in k for k in weights)  # encoder weights travel with the model
     assets = weights["text_assets._extra_state"]
     assert "tokenizer.json" in assets["tokenizer_files"] or "vocab.txt" in assets["tokenizer_files"]
     assert [name for name, _ in assets["label_texts"]] == ["background", "target"]
