@@ -87,7 +87,7 @@ class nnUNetPredictorVL(nnUNetPredictor):
         assets = unwrap(self.network).text_assets
         plan = text_plan(self.plans_manager, self.configuration_manager)
         tokenizer = TextTokenizer(tokenizer_from_files(assets.tokenizer_files), plan["max_tokens"],
-                                  plan["max_label_tokens"])
+                                  plan["max_label_tokens"], plan["max_concept_tokens"])
         self.text_provider = TextProvider(tokenizer, assets.label_texts, reports, plan["direction_axes"],
                                           source=source)
 

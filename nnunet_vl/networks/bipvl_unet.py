@@ -8,9 +8,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.networks.fusion import BidirectionalFusionBlock
-from nnunet_vl.networks.text_branch import ProgressiveTextEncoder, masked_mean
+from nnunet_vl.networks.text_branch import ProgressiveTextEncoder
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
+
+
+def fusion_width(stage_channels: int, fusion_dim: int, fusion_heads: int) -> tuple[int, int]:
+    """(width, heads) of the fusion block after a stage: at most the stage's own width.
+
+    High-resolution stages are narrow and hold the most voxels; capping the fusion width there keeps
+    the cost of the image-side projections close to the stage's own convolutions.
+    """
+    dim = min(fusion_dim, stage_channels)
+    heads = max(1, min(fusion_heads, dim // 16))
+    while dim % heads:
+        heads -= 1
+    return dim, heads
 
 
 class BiPVLUNet(nn.Module):
@@ -20,9 +33,10 @@ class BiPVLUNet(nn.Module):
     `BidirectionalFusionBlock` exchanges information between the stage's feature map and the text;
     the fused map replaces the stage output (next stage and skip), the fused text feeds the next
     chunk. All fusion gates start at zero, so an untrained network computes exactly `image_unet(x)`.
+    A fusion block is `fusion_dim` wide, or as wide as its stage where that is narrower (fusion_width).
 
     Aux outputs (`return_aux=True`), all embeddings L2-normalised except the maps:
-      text_class      (B, C, P)  class text from the final fused text, mean over each class's tokens
+      text_class      (B, C, P)  class text: each class's token in the final fused text
       visual_{k}      (B, P, *S_k) fused output of encoder stage k, projected by a 1x1 conv (the loss
                                    mask-pools and normalises it; pooling commutes with the projection)
       concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder
@@ -54,7 +68,8 @@ class BiPVLUNet(nn.Module):
         hidden = self.text_branch.hidden_size
         conv_op = image_unet.encoder.conv_op
         self.fusion = nn.ModuleList(
-            BidirectionalFusionBlock(conv_op, channels[k], hidden, fusion_dim, fusion_heads, fusion_depth)
+            BidirectionalFusionBlock(conv_op, channels[k], hidden, *fusion_width(channels[k], fusion_dim, fusion_heads),
+                                     fusion_depth)
             for k in stages
         )
         self.visual_projections = nn.ModuleList(conv_op(channels[k], proj_dim, kernel_size=1) for k in stages)
@@ -110,9 +125,8 @@ class BiPVLUNet(nn.Module):
 
     def _text_embeddings(self, text: TextInputs, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class embeddings from the final fused text (B, T, H) and concept embeddings from the unfused encoder."""
-        c, lc = text.class_ids.shape
-        class_tokens = hidden[:, text.report_ids.shape[1]:].reshape(hidden.shape[0], c, lc, -1)
-        class_text = masked_mean(class_tokens, text.class_mask.bool().expand(hidden.shape[0], -1, -1))
+        c = text.num_classes
+        class_text = hidden[:, text.report_ids.shape[1]:]  # one fused token per class
         k, lk = text.concept_ids.shape[1:]
         concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk), text.concept_mask.reshape(c * k, lk))
         aux = {

@@ -24,10 +24,10 @@ class ProgressiveTextEncoder(nn.Module):
 
     Chunk k runs right before fusion block k; the layers are split as evenly as possible (chunks are
     empty when there are fewer layers than chunks). The text of a sample is its report followed by
-    every class description; each segment is embedded on its own (positions restart, so no segment
-    overflows the position table) and gets a learned segment embedding (0 = report, 1 + c = class
-    c), initialised to zero so the pretrained text features are unchanged at the start. A pooler,
-    if present, is removed: it would receive no gradient.
+    one token per class description; each segment is embedded on its own (positions restart, so no
+    segment overflows the position table) and gets a learned segment embedding (0 = report, 1 + c =
+    class c), initialised to zero so the pretrained text features are unchanged at the start. A
+    pooler, if present, is removed: it would receive no gradient.
     """
 
     def __init__(self, text_encoder: nn.Module, n_chunks: int, num_segments: int) -> None:
@@ -48,17 +48,21 @@ class ProgressiveTextEncoder(nn.Module):
         return len(self.chunk_bounds) - 1
 
     def embed(self, text: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token embeddings (B, Lr + C * Lc, H) and their mask (B, Lr + C * Lc) bool, report first."""
+        """Token embeddings (B, Lr + C, H) and their mask (B, Lr + C) bool: the report's tokens, then one token
+        per class description.
+
+        A class token is the mean of its description's token embeddings (positions restart per
+        description): the descriptions are the same for every sample, and one token per class keeps
+        the per-sample sequence short, so the text layers cost O(B * (Lr + C)) instead of O(B * C * Lc).
+        """
         b, c = text.batch_size, text.num_classes
-        lr, lc = text.report_ids.shape[1], text.class_ids.shape[1]
+        lr = text.report_ids.shape[1]
         report = self.text_encoder.embeddings(input_ids=text.report_ids)
-        classes = self.text_encoder.embeddings(input_ids=text.class_ids).reshape(1, c * lc, -1).expand(b, -1, -1)
-        segments = torch.cat([
-            torch.zeros(lr, dtype=torch.long, device=report.device),
-            torch.arange(1, c + 1, device=report.device).repeat_interleave(lc),
-        ])
-        hidden = torch.cat([report, classes], dim=1) + self.segment_embedding(segments)
-        mask = torch.cat([text.report_mask.bool(), text.class_mask.bool().reshape(1, c * lc).expand(b, -1)], dim=1)
+        classes = masked_mean(self.text_encoder.embeddings(input_ids=text.class_ids), text.class_mask.bool())
+        segments = torch.cat([torch.zeros(lr, dtype=torch.long, device=report.device),
+                              torch.arange(1, c + 1, device=report.device)])
+        hidden = torch.cat([report, classes[None].expand(b, -1, -1)], dim=1) + self.segment_embedding(segments)
+        mask = torch.cat([text.report_mask.bool(), torch.ones(b, c, dtype=torch.bool, device=report.device)], dim=1)
         return hidden, mask
 
     def layer_mask(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:

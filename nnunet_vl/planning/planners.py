@@ -80,13 +80,14 @@ class VLPlannerMixin:
                           "fingerprint": fingerprint_text, "class_names": class_names,
                           "image_properties": image_properties}
 
-    def _token_limits(self) -> tuple[int, int]:
+    def _token_limits(self) -> tuple[int, int, int]:
+        """Report, class-description and concept lengths: the p95 under the tokenizer, capped."""
         preset, fp, cfg = self.text_spec["preset"], self.text_spec["fingerprint"], self.text_spec["encoder_config"]
         limit = int(cfg.get("max_position_embeddings", 512))
         reports = min(limit, preset["max_report_tokens_cap"], _round_up(fp["report_tokens"]["p95"]))
-        labels_needed = max(fp["label_text_tokens"]["p95"], fp["concept_tokens"]["p95"])
-        labels = min(limit, preset["max_label_tokens_cap"], _round_up(labels_needed))
-        return max(reports, 8), max(labels, 8)
+        labels = min(limit, preset["max_label_tokens_cap"], _round_up(fp["label_text_tokens"]["p95"]))
+        concepts = min(limit, preset["max_label_tokens_cap"], _round_up(fp["concept_tokens"]["p95"]))
+        return max(reports, 8), max(labels, 8), max(concepts, 8)
 
     def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], dict, str]:
         preset = self.text_spec["preset"]
@@ -123,9 +124,9 @@ class VLPlannerMixin:
 
     def text_section(self, conf: dict, configuration_name: str, transpose_forward: list[int]) -> dict:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
-        max_report, max_label = self._token_limits()
+        max_report, max_label, max_concept = self._token_limits()
         class_names = self.text_spec["class_names"]
-        num_text_tokens = max_report + len(class_names) * max_label
+        num_text_tokens = max_report + len(class_names)  # one token per class joins the report in fusion
         stages, estimate_mb, reason = self._fusion_stages(conf, num_text_tokens)
         axes, source = direction_axes_from_geometry(self.text_spec["image_properties"], transpose_forward)
         if len(conf["patch_size"]) == 2:  # a 2D configuration sees transposed axes 1 and 2
@@ -145,6 +146,7 @@ class VLPlannerMixin:
             "num_text_layers": int(cfg["num_hidden_layers"]),
             "max_tokens": max_report,
             "max_label_tokens": max_label,
+            "max_concept_tokens": max_concept,
             "class_names": class_names,
             "fusion_stages": stages,
             "fusion_dim": preset["fusion_dim"],

@@ -18,10 +18,11 @@ def class_description(name: str, concepts: dict[str, str]) -> str:
 class TextTokenizer:
     """Pads and truncates text to the planned lengths; truncation warns once per call, naming the cases."""
 
-    def __init__(self, tokenizer, max_report_tokens: int, max_label_tokens: int):
+    def __init__(self, tokenizer, max_report_tokens: int, max_label_tokens: int, max_concept_tokens: int | None = None):
         self.tokenizer = tokenizer
         self.max_report_tokens = max_report_tokens
         self.max_label_tokens = max_label_tokens
+        self.max_concept_tokens = max_concept_tokens or max_label_tokens
         self.pad_id = int(tokenizer.pad_token_id or 0)
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
@@ -46,8 +47,8 @@ class TextTokenizer:
         names = [name for name, _ in label_texts]
         class_ids, class_mask = self.encode(descriptions, self.max_label_tokens, [f"label '{n}'" for n in names])
         sentences = [concepts.get(c, "") for _, concepts in label_texts for c in CONCEPTS]
-        concept_ids, concept_mask = self.encode(sentences, self.max_label_tokens)
-        shape = (len(label_texts), len(CONCEPTS), self.max_label_tokens)
+        concept_ids, concept_mask = self.encode(sentences, self.max_concept_tokens)
+        shape = (len(label_texts), len(CONCEPTS), self.max_concept_tokens)
         present = torch.tensor([[bool(concepts.get(c)) for c in CONCEPTS] for _, concepts in label_texts])
         return {"class_ids": class_ids, "class_mask": class_mask, "concept_ids": concept_ids.view(shape),
                 "concept_mask": concept_mask.view(shape), "concept_present": present}

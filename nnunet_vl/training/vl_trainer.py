@@ -103,7 +103,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
         network.text_assets.tokenizer_files = tokenizer_files(tokenizer)
         network.text_assets.label_texts = class_texts
         self.text_provider = TextProvider(
-            TextTokenizer(tokenizer, self.text_plan["max_tokens"], self.text_plan["max_label_tokens"]),
+            TextTokenizer(tokenizer, self.text_plan["max_tokens"], self.text_plan["max_label_tokens"],
+                          self.text_plan["max_concept_tokens"]),
             class_texts, self.text_cache.reports, self.text_plan["direction_axes"],
             self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"))
         self.text_loss = self.build_text_loss().to(self.device)
