@@ -72,6 +72,7 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     _run("plan and preprocess", [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c", configuration,
                                  "-np", "1", "-npfp", "1", "--text-encoder", encoder], env, log, started)
 
+    # methods name trainer families: "BiPVL", "TMCA", "BiPVL_noText", ... (variants with the same budget)
     trainers = [f"nnUNetTrainer_{budget}"] + [f"nnUNetTrainer{m}_{budget}" for m in methods]
     results = Path(env["nnUNet_results"]) / dataset_folder.name
     for trainer in trainers:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,8 @@ def case_report(case: str, dataset_name: str, raw_folder: Path, reports: str | N
     return None, "no report found"
 
 
-def _pick_slice(volumes: list[np.ndarray | None]) -> int:
+def _pick_slice(depth: int, volumes: list[np.ndarray | None]) -> int:
     """Axial index through the centre of the first non-empty foreground (prediction, then label), else the middle."""
-    depth = next(v for v in volumes if v is not None).shape[0] if any(v is not None for v in volumes) else 1
     for volume in volumes:
         if volume is not None and np.any(volume > 0):
             slices = np.flatnonzero(np.any(volume > 0, axis=(1, 2)))
@@ -117,7 +117,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
-def wrap_to_width(text: str, fits) -> list[str]:
+def wrap_to_width(text: str, fits: Callable[[str], bool]) -> list[str]:
     """Greedy word wrap where fits(line) says whether a line fits; words too long for a line are split."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
@@ -212,7 +212,7 @@ def show_case(case: str, dataset: str | int, prediction: Path | None = None, out
         if seg is not None and seg.shape != volume.shape:
             raise ValueError(f"{name} has shape {seg.shape} but the image {images[0]} has {volume.shape}: pass the "
                              f"segmentation of case '{case}' in the image's geometry")
-    z = _pick_slice([pred, reference]) if volume.shape[0] > 1 else 0
+    z = _pick_slice(volume.shape[0], [pred, reference])
     title = f"{case} | {folder.name}" + (f" | axial slice {z}/{volume.shape[0]}" if volume.shape[0] > 1 else "")
     if pred is not None and reference is not None:
         title += f" | Dice {_dice(pred, reference):.3f}"

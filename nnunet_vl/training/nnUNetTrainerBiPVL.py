@@ -69,3 +69,12 @@ class nnUNetTrainerBiPVL_noText_demo(nnUNetTrainerBiPVL_noText):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         DEMO.apply(self)
+
+
+class nnUNetTrainerBiPVL_noText_cpu(nnUNetTrainerBiPVL_noText):
+    """The no-text ablation on the CPU smoke budget."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        CPU_SMOKE.apply(self)

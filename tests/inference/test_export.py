@@ -35,16 +35,17 @@ def run(*cmd: str, env: dict[str, str] | None = None, ok: bool = True) -> subpro
 
 
 @contextmanager
-def running(*cmd: str) -> Iterator[None]:
-    """Run a command in the background while the block runs; fail if it failed."""
+def running(*cmd: str, env: dict[str, str] | None = None, ok: bool = True) -> Iterator[list]:
+    """Run a command in the background while the block runs; the yielded list then holds its result."""
+    result: list[subprocess.CompletedProcess] = []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(_command(*cmd), stdout=out, stderr=err, text=True, env=os.environ)
+        process = subprocess.Popen(_command(*cmd), stdout=out, stderr=err, text=True, env=env or os.environ)
         try:
-            yield
+            yield result
         finally:
             process.wait()
         out.seek(0), err.seek(0)
-        _checked(cmd, subprocess.CompletedProcess(cmd, process.returncode, out.read(), err.read()), True)
+        result.append(_checked(cmd, subprocess.CompletedProcess(cmd, process.returncode, out.read(), err.read()), ok))
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +94,15 @@ def test_export_install_and_predict_offline(trained, test_reports, nnunet_folder
         folder.mkdir(parents=True)
     env = {**os.environ, **{k: str(v) for k, v in fresh.items()}, "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "fresh" / "hf_home")}
-    # the original model predicts in the background; the encoder directory named in the plans is hidden throughout
-    with hidden(tiny_bert), running(*_predict_args(tmp_path / "original", images, "--reports", str(test_reports))):
+    with_reports = ("--reports", str(test_reports), "--save_probabilities")
+    # predictions run side by side (startup dominates); the encoder directory named in the plans stays hidden
+    with hidden(tiny_bert), running(*_predict_args(tmp_path / "original", images, *with_reports)):
         run("nnUNetv2_install_pretrained_model_from_zip", str(archive), env=env)
         assert (fresh["nnUNet_results"] / DATASET / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
                 / "checkpoint_final.pth").is_file()
-        run(*_predict_args(tmp_path / "installed", images, "--reports", str(test_reports)), env=env)
-        failed = run(*_predict_args(tmp_path / "no_reports", images), env=env, ok=False)
+        with running(*_predict_args(tmp_path / "no_reports", images), env=env, ok=False) as no_reports:
+            run(*_predict_args(tmp_path / "installed", images, *with_reports), env=env)
+    failed = no_reports[0]
     assert not any(fresh["nnUNet_preprocessed"].iterdir())  # no text cache appeared
 
     errors = [line for line in failed.stderr.splitlines() if line.startswith("ERROR:")]
@@ -114,3 +117,6 @@ def test_export_install_and_predict_offline(trained, test_reports, nnunet_folder
         original = np.asarray(Image.open(tmp_path / "original" / f"{case}.png"))
         assert installed.shape == image.shape
         assert np.array_equal(installed, original)
+        probabilities = [np.load(tmp_path / run_name / f"{case}.npz")["probabilities"]
+                         for run_name in ("installed", "original")]
+        assert np.array_equal(*probabilities)  # not only the argmax: the installed model is the same model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnunet_vl.inference.show import case_report, show_case, wrap_to_width
+from nnunet_vl.inference.show import _pick_slice, case_report, show_case, wrap_to_width
 
 DATASET = "Dataset801_SynthVL2D"
 
@@ -63,6 +63,15 @@ def test_report_sources_in_order(raw, tmp_path):
     assert report == json.loads((raw / "reports.json").read_text())["case_012"]
     with pytest.raises(ValueError, match="has no report for case 'case_013'"):
         case_report("case_013", DATASET, raw, str(reports))
+
+
+def test_slice_through_the_centre_of_the_foreground():
+    label, prediction = np.zeros((10, 4, 4), np.uint8), np.zeros((10, 4, 4), np.uint8)
+    assert _pick_slice(10, [None, None]) == 5 and _pick_slice(10, [prediction, label]) == 5
+    label[2:7, 1, 1] = 1
+    assert _pick_slice(10, [prediction, label]) == 4
+    prediction[[1, 8], 2, 2] = 1  # prediction first; never a slice without foreground
+    assert _pick_slice(10, [prediction, label]) in (1, 8)
 
 
 def test_long_reports_wrap_within_the_width():

@@ -1,0 +1,81 @@
+"""Does the text help? Image-only nnU-Net vs. the VL trainers on the synthetic text-dependent datasets.
+
+Same plans, same epoch budget, fixed seeds, held-out test cases; every VL model is predicted with its
+own reports, with shuffled reports (another case's) and with no text. Writes
+benchmarks/results/text_matters.{json,md,png}.
+
+    python benchmarks/text_matters.py                 # 2D and 3D, demo budget (CPU: about an hour)
+    python benchmarks/text_matters.py --smallest      # smoke run: 2D, tiny data, 2 x 5 iterations
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nnunet_vl.cli.demo import format_table, run_demo  # noqa: E402
+
+METHODS = ["BiPVL", "TMCA", "BiPVL_noText", "TMCA_noText"]
+GOALS = "goals: VL with reports >= image-only + 0.25 Dice; shuffled reports >= 0.2 below own reports"
+
+
+def plot(results: dict[str, dict], out: Path) -> None:
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5), squeeze=False)
+    modes = [("report", "own report"), ("shuffled", "shuffled reports"), ("none", "no text")]
+    for ax, (dim, summary) in zip(axes[0], results.items()):
+        rows = summary["rows"]
+        names = list(rows)
+        width = 0.8 / len(modes)
+        for j, (mode, label) in enumerate(modes):
+            values = [rows[n].get(mode, rows[n]["report"] if n.startswith("nnUNetTrainer (") else 0) for n in names]
+            ax.bar([i + j * width for i in range(len(names))], values, width, label=label)
+        ax.set_xticks([i + width for i in range(len(names))])
+        ax.set_xticklabels([n.replace("nnUNetTrainer", "").strip("_ ") or "image only" for n in names],
+                           rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean Dice (test cases)")
+        ax.set_title(f"{dim} synthetic text-dependent data")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="benchmarks/results/work_text_matters")
+    parser.add_argument("--out", default="benchmarks/results", help="where the JSON, markdown and PNG go")
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument("--smallest", action="store_true", help="2D only, tiny data, CPU smoke budget")
+    args = parser.parse_args()
+    dims = [2] if args.smallest else args.dims
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = {f"{dim}D": run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder,
+                                   methods=args.methods, quick=args.smallest) for dim in dims}
+    wall = time.time() - started
+    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only"
+    report = {"results": results, "wall_time_s": wall, "machine": machine, "goals": GOALS,
+              "command": "python benchmarks/text_matters.py" + (" --smallest" if args.smallest else "")}
+    (out / "text_matters.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    lines = [f"Command: `{report['command']}` — {machine}, wall time {wall / 60:.0f} min. {GOALS}.", ""]
+    for dim, summary in results.items():
+        lines += [f"**{dim}** ({summary['dataset']}, configuration {summary['configuration']}, budget "
+                  f"`{summary['budget']}`)", "", format_table(summary["rows"]), ""]
+    (out / "text_matters.md").write_text("\n".join(lines), encoding="utf-8")
+    plot(results, out / "text_matters.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
