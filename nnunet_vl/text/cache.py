@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from nnunet_vl.text.contract import DatasetText
 
@@ -63,10 +66,21 @@ def write_text_cache(preprocessed_dataset_folder: str | os.PathLike, text: Datas
             tokens[case] = entry
         else:
             todo.append(case)
-    if todo:
-        encoded = tokenizer([text.reports[c] for c in todo], max_length=max_report_tokens, truncation=True)
-        for case, ids in zip(todo, encoded["input_ids"]):
+    chunk, truncated = 512, []
+    for start in tqdm(range(0, len(todo), chunk), desc="Tokenizing reports", unit="chunk",
+                      disable=len(todo) <= chunk):
+        cases = todo[start:start + chunk]
+        reports = [text.reports[c] for c in cases]
+        full_lengths = [len(ids) for ids in tokenizer(reports)["input_ids"]]
+        encoded = tokenizer(reports, max_length=max_report_tokens, truncation=True)
+        for case, ids, length in zip(cases, encoded["input_ids"], full_lengths):
             tokens[case] = {"sha1": _sha(text.reports[case]), "ids": list(ids)}
+            if length > max_report_tokens:
+                truncated.append(case)
+    if truncated:
+        warnings.warn(f"{len(truncated)} report(s) are longer than the planned {max_report_tokens} tokens and were "
+                      f"truncated: {', '.join(truncated[:20])}{' ...' if len(truncated) > 20 else ''} (raise "
+                      f"max_report_tokens_cap in the planner preset to keep more)", stacklevel=2)
     payload = {"tokenizer_id": tok_id, "max_report_tokens": max_report_tokens, "reports": text.reports,
                "label_texts": text.label_texts, "report_tokens": tokens}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,9 @@ def test_cache_reuses_unchanged_reports(tmp_path, tokenizer):
     assert write_text_cache(tmp_path, text, tokenizer.tokenizer, 16).retokenized == 3  # new length limit
     loaded = load_text_cache(tmp_path)
     assert loaded.reports["b"] == "lesion in the middle" and loaded.label_texts["target"]["shape"] == "round"
+    with pytest.warns(UserWarning, match=r"1 report\(s\) are longer than the planned 4 tokens .*: b"):
+        text.reports = {"a": "left", "b": "lesion in the upper left region"}
+        write_text_cache(tmp_path, text, tokenizer.tokenizer, 4)
     with pytest.raises(TextCacheMissingError, match="nnUNetv2_plan_and_preprocess_vl"):
         load_text_cache(tmp_path / "other")
 
