@@ -84,7 +84,7 @@ def prepare_dataset(dim: int, preset: str, text_encoder: str, num_train: int, si
                            rule="mixed", name=name, overwrite=True)
     log_file = marker.parent.parent / f"planning_{did}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as f, contextlib.redirect_stdout(f):
+    with open(log_file, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         plan_and_preprocess_vl(did, configurations=[configuration], preset=preset, text_encoder=str(text_encoder),
                                num_processes_fingerprint=num_processes, num_processes=[num_processes], clean=True)
     marker.write_text(json.dumps(settings, indent=1))

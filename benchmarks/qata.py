@@ -103,7 +103,10 @@ def plan(preprocessed: Path, encoder: str, results: Path, env: dict, log: Path, 
         config = plans["configurations"].get(CONFIGURATION, {})
         planned_encoder = config.get("text", {}).get("encoder")
         data_folder = preprocessed / config.get("data_identifier", "nnUNetPlans_2d")
-        if planned_encoder == encoder and data_folder.is_dir() and any(data_folder.iterdir()):
+        expected = json.loads((preprocessed / "dataset.json").read_text())["numTraining"] \
+            if (preprocessed / "dataset.json").is_file() else -1
+        complete = data_folder.is_dir() and len(list(data_folder.glob("*.pkl"))) == expected  # one per case
+        if planned_encoder == encoder and complete:
             _say(started, f"using existing plans ({plans_file}, text encoder '{encoder}')")
             return plans
         if planned_encoder != encoder and any(results.glob("*/fold_0/checkpoint_*.pth")):
@@ -251,7 +254,8 @@ def goal_check(rows: list[dict]) -> dict:
     for trainer in dict.fromkeys(r["trainer"] for r in rows if r["text_mode"] != "image"):
         dice = {r["text_mode"]: r["dice"] for r in rows if r["trainer"] == trainer}
         gain = dice["report"] - image
-        per_method[trainer] = {"report_minus_image_only": gain, "report_minus_shuffled": dice["report"] - dice["shuffled"],
+        per_method[trainer] = {"report_minus_image_only": gain,
+                               "report_minus_shuffled": dice["report"] - dice["shuffled"],
                                "met": bool(gain >= GOAL_MARGIN and dice["shuffled"] < dice["report"])}
     return {"statement": GOALS, "per_method": per_method, "met": any(m["met"] for m in per_method.values())}
 
@@ -299,14 +303,19 @@ def markdown(summary: dict, machine: dict, command: str) -> str:
                      f"own report − shuffled = {100 * g['report_minus_shuffled']:+.2f}.")
     val = {t: v for t, v in summary["trainer_final_validation_dice"].items() if v is not None}
     if val:
-        lines += ["", "nnU-Net's own final validation after training (all "
-                  f"{data['val']} val images; VL models with own reports): " + ", ".join(f"{t} {_pct(v)}" for t, v in val.items())
-                  + " Dice (%)."]
+        lines += ["", f"nnU-Net's own final validation after training (all {data['val']} val images; VL models "
+                  f"with own reports): " + ", ".join(f"{t} {_pct(v)}" for t, v in val.items()) + " Dice (%)."]
     lines += ["", "![QaTa-COV19 validation cases](qata_cases.png)", "",
               "Figure: validation images at fixed positions of the split (not chosen by result); green = ground truth, "
               "red = prediction, Dice per image in the titles; the report under each row is the one the VL models "
               "were given."]
     return "\n".join(lines)
+
+
+def _overlay(mask: np.ndarray, rgba: tuple[float, float, float, float]) -> np.ndarray:
+    out = np.zeros((*mask.shape, 4))
+    out[mask] = rgba
+    return out
 
 
 def figure(summary: dict, dataset_folder: Path, out: Path) -> None:
@@ -329,35 +338,37 @@ def figure(summary: dict, dataset_folder: Path, out: Path) -> None:
     panels = [("image", None), ("ground truth", None), ("nnU-Net (image only)", image_row)]
     panels += [(r["trainer"].replace("nnUNetTrainer", "").rsplit("_", 1)[0] + " (own report)", r) for r in vl_rows]
     ncols = len(panels)
-    fig, axes = plt.subplots(2 * n, ncols, figsize=(3.1 * ncols, 3.75 * n), squeeze=False,
+    height = 3.6 * n + 0.9
+    fig, axes = plt.subplots(2 * n, ncols, figsize=(3.1 * ncols, height), squeeze=False,
                              gridspec_kw={"height_ratios": [1, 0.2] * n})
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.95 / height, bottom=0.01, wspace=0.06, hspace=0.35)
     for i, case in enumerate(picks):
         image = np.asarray(Image.open(dataset_folder / "imagesTr" / f"{case}_0000{ending}").convert("L"))
         gt = np.asarray(Image.open(dataset_folder / "labelsTr" / f"{case}{ending}")) > 0
         for j, (title, row) in enumerate(panels):
             ax = axes[2 * i, j]
-            ax.imshow(image, cmap="gray", interpolation="nearest")
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             if j == 0:
-                ax.set_title(f"{case[:34]}", fontsize=8)
+                ax.set_title("\n".join(textwrap.wrap(case, 34)), fontsize=8)
             elif j == 1:
-                ax.imshow(np.ma.masked_where(~gt, gt), cmap="summer", alpha=0.5, interpolation="nearest")
-                ax.set_title("ground truth", fontsize=10)
+                ax.imshow(_overlay(gt, (0.0, 0.9, 0.3, 0.55)), interpolation="nearest")
+                ax.set_title(f"ground truth ({int(gt.sum())} px)", fontsize=10)
             else:
                 pred = np.asarray(Image.open(Path(row["predictions"]) / f"{case}{ending}")) > 0
-                ax.imshow(np.ma.masked_where(~pred, pred), cmap="autumn", alpha=0.45, interpolation="nearest")
+                ax.imshow(_overlay(pred, (1.0, 0.1, 0.0, 0.5)), interpolation="nearest")
                 if gt.any():
                     ax.contour(gt, levels=[0.5], colors="lime", linewidths=1.0)
                 ax.set_title(f"{title}\nDice {row['per_case_dice'][case]:.2f}", fontsize=10)
-            ax.axis("off")
-        text_ax = axes[2 * i + 1, 0]
+            ax.set_xticks([])
+            ax.set_yticks([])
         for ax in axes[2 * i + 1]:
             ax.axis("off")
-        caption = "\n".join(textwrap.wrap(f"report: \u201c{reports.get(case, '')}\u201d", width=32 * ncols))
-        text_ax.text(0, 1, caption, fontsize=10, va="top", ha="left", transform=text_ax.transAxes, wrap=False)
-    fig.suptitle(f"QaTa-COV19 validation cases — budget `{summary['budget']['name']}` "
-                 f"({summary['data']['train']} train images); green contour = ground truth, red = prediction",
-                 fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+        caption = "\n".join(textwrap.wrap(f"report: \u201c{reports.get(case, '')}\u201d", width=36 * ncols))
+        axes[2 * i + 1, 0].text(0, 1.25, caption, fontsize=10, va="top", ha="left",
+                                transform=axes[2 * i + 1, 0].transAxes)
+    fig.suptitle(f"QaTa-COV19 validation images, budget '{summary['budget']['name']}', "
+                 f"{summary['data']['train']} training images. Green = ground truth, red = prediction.", fontsize=12,
+                 y=1 - 0.2 / height)
     fig.savefig(out, dpi=100)
     plt.close(fig)
 

@@ -74,6 +74,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-3  # AdamW, see configure_optimizers
         self.text_plan = text_plan(self.plans_manager, self.configuration_manager)
         self.text_cache = load_text_cache(self.preprocessed_dataset_folder_base)
         self.text_mirror_axes: tuple[int, ...] = ()
@@ -112,6 +113,13 @@ class nnUNetTrainerVL(nnUNetTrainer):
                                f"{self.text_plan['fusion_reason']}; mirror axes with text swap {self.text_mirror_axes}")
 
     def configure_optimizers(self):
+        """AdamW (as BiPVL-Seg trains, and as nnU-Net's nnUNetTrainerAdam) with nnU-Net's poly schedule.
+
+        With nnU-Net's SGD the zero-initialised fusion gates open too slowly: the fusion weights get
+        gradients scaled by the still-tiny gates, and a short schedule ends before the text is used.
+        AdamW's per-parameter step sizes do not depend on that scale. The text encoder gets
+        `text_lr_factor` times the learning rate.
+        """
         network = unwrap(self.network)
         text_ids = {id(p) for p in network.text_encoder.parameters()}
         groups = [
@@ -119,8 +127,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
             {"params": [p for p in network.text_encoder.parameters()],
              "lr_factor": float(self.text_plan["text_lr_factor"])},
         ]
-        optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-                                    nesterov=True)
+        optimizer = torch.optim.AdamW(groups, self.initial_lr, weight_decay=self.weight_decay, amsgrad=True)
         return optimizer, GroupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):

@@ -1,0 +1,484 @@
+#!/usr/bin/env python
+"""Cost of the VL trainers as a ratio to nnU-Net's image-only `nnUNetTrainer` (issue part 2).
+
+For each preset (default `bipvl`, and `light`) x dimension (2D, 3D): a synthetic dataset is made and planned
+with `plan_and_preprocess_vl(..., preset=...)`; then the real trainers `nnUNetTrainer`, `nnUNetTrainerBiPVL`
+and `nnUNetTrainerTMCA` are built from those same plans and measured:
+
+- training iteration: the trainer's own `train_step` (nnU-Net's DC+CE deep-supervision loss for every model;
+  VL: + text-aware mirroring, report tokens, text loss; backward, gradient clipping, SGD step) on one real batch
+  of the planned batch and patch size from nnU-Net's data loader (augmentation left out: it runs in nnU-Net's
+  background workers);
+- sliding-window inference per case: `predict_sliding_window_return_logits` of nnU-Net's predictor (image-only)
+  or `nnUNetPredictorVL` (report of the case bound once per case, as in the trainers' final validation), on a
+  preprocessed case tiled to `--infer-scale` x the patch per axis so there are several tiles; without test-time
+  mirroring unless `--tta` (a VL predictor skips mirror axes its report names, so with TTA the models would
+  not run the same number of network evaluations);
+- peak memory of a training iteration and of inference: CUDA max allocated, or peak RSS on CPU, each model in
+  a fresh subprocess (allocations forced to mmap, peak reset via /proc/self/clear_refs) above the RSS after
+  imports; it includes parameters, gradients and optimizer state.
+
+Timings of the three models run in one process, interleaved round by round (rotating order) after warm-up,
+so load changes on a shared machine hit all models alike; the median over repetitions is reported.
+`--profile` adds a per-component breakdown of the VL training iteration (torch.profiler; backward time is
+attributed to the component whose forward op created it).
+
+    python benchmarks/cost.py                       # full run: 2 presets x 2D/3D x 3 models
+    python benchmarks/cost.py --threads 1 --profile  # steadier on a shared CPU, plus the breakdown
+    python benchmarks/cost.py --smallest --workdir /tmp/w --out /tmp/o --text-encoder DIR   # smoke test
+
+Writes OUT/cost.json and OUT/cost.md (OUT defaults to benchmarks/results) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+GOALS = {"train": 1.3, "infer": 1.2, "train_memory": 1.3, "infer_memory": 1.3}
+DEFAULT_SIZE = {2: 64, 3: 32}
+SMALLEST_SIZE = {2: 32, 3: 24}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR,
+                   help="nnU-Net raw/preprocessed/results folders go here (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=common.DEFAULT_RESULTS, help="where cost.json/.md go")
+    p.add_argument("--text-encoder", default="minilm", help="encoder alias or local directory (default: minilm)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model first")
+    p.add_argument("--presets", default="bipvl,light")
+    p.add_argument("--dims", default="2,3")
+    p.add_argument("--num-train", type=int, default=40, help="synthetic training cases per dataset")
+    p.add_argument("--infer-scale", type=float, default=1.5,
+                   help="inference case = a preprocessed case tiled to this many patch sizes per axis")
+    p.add_argument("--tta", action="store_true", help="also time inference with test-time mirroring as deployed")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    p.add_argument("--profile", action="store_true", help="also break the VL training iteration down by component")
+    p.add_argument("--smallest", action="store_true",
+                   help="smoke-test setting: 2D, light preset, tiny images, 1 repetition")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smallest:
+        args.presets, args.dims, args.repeats, args.warmup = "light", "2", 1, 1
+        args.num_train, args.infer_scale = min(args.num_train, 8), 1.0
+    args.sizes = SMALLEST_SIZE if args.smallest else DEFAULT_SIZE
+    return args
+
+
+# ----- workers (each runs in its own process) ---------------------------------------------------------------
+def _setup_worker(spec: dict):
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    # import everything any model needs before a memory baseline is taken, so no model is charged for imports
+    for model in common.MODELS:
+        common.trainer_class(model)
+    import nnunet_vl.inference.predictor  # noqa: F401
+    import transformers.models.bert.modeling_bert  # noqa: F401
+    return torch
+
+
+def _batch_copy(batch: dict) -> dict:
+    """train_step mirrors samples in place (VL trainers): every call gets its own copy."""
+    target = batch["target"]
+    return {"data": batch["data"].clone(), "keys": batch["keys"],
+            "target": [t.clone() for t in target] if isinstance(target, list) else target.clone()}
+
+
+def _interleaved(fns: dict, device: str, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Warm up each callable, then time them round by round in rotating order."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name] += common.timed(fns[name], device, 0, 1)
+    return times
+
+
+def worker_time(spec: dict) -> dict:
+    _setup_worker(spec)
+    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    device, models = spec["device"], spec["models"]
+    trainers = {m: common.make_trainer(m, plans, dataset_json, spec["configuration"], device) for m in models}
+    batch = common.real_batch(trainers[models[0]], seed=0)
+    train = _interleaved({m: (lambda t=trainers[m]: t.train_step(_batch_copy(batch))) for m in models},
+                         device, spec["warmup"], spec["repeats"])
+
+    case, data = common.inference_case(trainers[models[0]], spec["infer_scale"])
+    result = {"train_s": train, "batch_size": int(batch["data"].shape[0]),
+              "patch_size": list(trainers[models[0]].configuration_manager.patch_size),
+              "parameters": {m: common.count_parameters(t.network) for m, t in trainers.items()},
+              "inference_case": case, "inference_input_shape": list(data.shape)}
+    for tta in ([False, True] if spec["tta"] else [False]):
+        predictors = {m: common.make_predictor(trainers[m], m, use_mirroring=tta) for m in models}
+        for m, predictor in predictors.items():
+            if common.is_vl(m):
+                predictor.select_case(case)
+        key = "infer_tta_s" if tta else "infer_s"
+        result[key] = _interleaved({m: (lambda p=p: p.predict_sliding_window_return_logits(data))
+                                    for m, p in predictors.items()}, device, 1, spec["repeats"])
+        if tta:
+            result["tta_mirror_axes"] = {m: list(p.allowed_mirroring_axes or ()) for m, p in predictors.items()}
+        result["tiles"] = common.num_tiles(predictors[models[0]], data)
+    return result
+
+
+def worker_memory(spec: dict) -> dict:
+    torch = _setup_worker(spec)
+    device, model = spec["device"], spec["model"]
+    memory = common.PeakMemory(device)
+    memory.reset()
+    baseline = memory.baseline_mb  # after imports, before the model exists
+    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    trainer = common.make_trainer(model, plans, dataset_json, spec["configuration"], device)
+    batch = common.real_batch(trainer, seed=0)
+    parameters_mb = sum(p.numel() * p.element_size() for p in trainer.network.parameters()) / 2 ** 20
+    # the peak restarts from the current memory (network built; the pretrained encoder's temporary copy freed)
+    memory.reset(baseline_mb=baseline)
+    for _ in range(2):  # the first step also allocates gradients and momentum
+        trainer.train_step(_batch_copy(batch))
+    train_mb = memory.peak_mb()
+
+    trainer.optimizer.zero_grad(set_to_none=True)  # what an inference process does not hold
+    trainer.optimizer.state.clear()
+    predictor = common.make_predictor(trainer, model, use_mirroring=False)
+    case, data = common.inference_case(trainer, spec["infer_scale"])
+    if common.is_vl(model):
+        predictor.select_case(case)
+    memory.reset(baseline_mb=baseline)
+    with torch.no_grad():
+        predictor.predict_sliding_window_return_logits(data)
+    infer_mb = memory.peak_mb()
+    return {"train_peak_mb": train_mb, "infer_peak_mb": infer_mb, "parameters_mb": parameters_mb,
+            "baseline_mb": baseline, "method": memory.method}
+
+
+def _label_components(trainer, model: str):
+    """Wrap the VL network's parts, the losses and the trainer's text steps in profiler labels."""
+    import torch
+    from torch.profiler import record_function
+
+    from nnunet_vl.training.vl_trainer import unwrap
+
+    labels: set[str] = set()
+
+    def module(mod, name):
+        labels.add(name)
+        stack = []
+
+        def pre(_m, _a):
+            stack.append(record_function(name))
+            stack[-1].__enter__()
+
+        def post(_m, _a, _o):
+            stack.pop().__exit__(None, None, None)
+
+        mod.register_forward_pre_hook(pre)
+        mod.register_forward_hook(post)
+
+    def method(owner, attr, name, names=()):
+        labels.update(names or [name])
+        original = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            label = name(*args) if callable(name) else name
+            with record_function(label):
+                return original(*args, **kwargs)
+
+        setattr(owner, attr, wrapped)
+
+    net = unwrap(trainer.network)
+    for k, stage in enumerate(net.image_unet.encoder.stages):
+        module(stage, f"image encoder stage {k}")
+    module(net.image_unet.decoder, "image decoder")
+    if model == "bipvl":
+        tb = net.text_branch
+        method(tb, "embed", "text: embeddings (report + class tokens)")
+        chunk = [f"text: encoder layers before fusion {k}" for k in net.fusion_stages]
+        method(tb, "run_chunk", lambda i, *_: chunk[i], chunk)
+        method(tb, "encode", "text: concept sentences through the full encoder")
+        for i, k in enumerate(net.fusion_stages):
+            module(net.fusion[i], f"fusion block at stage {k}")
+            module(net.visual_projections[i], "aux: visual projections")
+        module(net.text_projection, "aux: text projection")
+    else:
+        module(net.text_encoder, "text: report through the full encoder")
+        for s, block in net.enhancements.items():
+            module(block, f"target enhancement at stage {s}")
+        for head in list(net.text_heads) + list(net.image_heads):
+            module(head, "aux: alignment heads")
+    module(trainer.loss, "loss: DC+CE deep supervision")
+    module(trainer.text_loss, "loss: text loss")
+    method(trainer.text_provider, "inputs", "trainer: report tokens")
+    method(trainer, "_mirror", "trainer: mirroring (text-aware)")
+    method(torch.nn.utils, "clip_grad_norm_", "trainer: gradient clipping")
+    return labels
+
+
+def _attribute(events, labels: set[str], device: str) -> dict[str, dict[str, float]]:
+    """Forward time per label (nested labels excluded) and the backward time of the autograd nodes its ops created.
+
+    A backward event carries the sequence number of its node; a forward op records the autograd counter when it
+    starts, and the counter only advances when an op creates a node, so a number's owner is the *last* forward op
+    that recorded it (ops that create no node, e.g. under no_grad, record the number of the next node).
+    Microseconds, summed over the profile.
+    """
+    def dur(e):
+        return e.device_time_total if device.startswith("cuda") else e.cpu_time_total
+
+    unlabelled = "forward, unlabelled ops"
+    result: dict[str, dict[str, float]] = {}
+
+    def add(name, key, value):
+        result.setdefault(name, {"forward": 0.0, "backward": 0.0, "other": 0.0})[key] += value
+
+    def is_backward(event):
+        return event.name.startswith("autograd::engine::evaluate_function")
+
+    forward_ops: list[tuple[float, int, str]] = []
+
+    def collect(event, label):
+        if event.sequence_nr >= 0:
+            forward_ops.append((event.time_range.start, event.sequence_nr, label))
+        for child in event.cpu_children:
+            collect(child, child.name if child.name in labels else label)
+
+    def nested_label_time(event):
+        return sum(dur(c) if c.name in labels else nested_label_time(c) for c in event.cpu_children)
+
+    top = [e for e in events if e.cpu_parent is None]
+    for event in top:
+        if not is_backward(event):
+            collect(event, event.name if event.name in labels else unlabelled)
+    owner = {seq: label for _, seq, label in sorted(forward_ops, key=lambda t: t[0])}  # the last one wins
+    for event in events:
+        if event.name in labels:
+            add(event.name, "forward", dur(event) - nested_label_time(event))
+    for event in top:
+        if event.name in labels:
+            continue
+        if is_backward(event):
+            if "AccumulateGrad" in event.name:
+                add("backward: gradient accumulation into parameters", "backward", dur(event))
+            else:
+                add(owner.get(event.sequence_nr, "backward of unlabelled ops"), "backward", dur(event))
+        elif event.name.startswith("Optimizer.step"):
+            add("optimizer: SGD step", "other", dur(event))
+        elif event.name.startswith("Optimizer.zero_grad"):
+            add("optimizer: zero_grad", "other", dur(event))
+        else:
+            add(unlabelled, "forward", dur(event))
+    return result
+
+
+def worker_profile(spec: dict) -> dict:
+    torch = _setup_worker(spec)
+    from torch.profiler import ProfilerActivity, profile
+
+    device, model = spec["device"], spec["model"]
+    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    trainer = common.make_trainer(model, plans, dataset_json, spec["configuration"], device)
+    batch = common.real_batch(trainer, seed=0)
+    step = lambda: trainer.train_step(_batch_copy(batch))  # noqa: E731
+    wall = common.timed(step, device, spec["warmup"], spec["repeats"])
+    labels = _label_components(trainer, model)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    steps = max(spec["repeats"], 2)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        common.synchronize(device)
+        profiled_wall = time.perf_counter() - start
+    events = prof.events()
+    parts = _attribute(events, labels, device)
+    rows = []
+    for name, t in parts.items():
+        total = t["forward"] + t["backward"] + t["other"]
+        rows.append({"component": name, "forward_ms": t["forward"] / steps / 1e3,
+                     "backward_ms": t["backward"] / steps / 1e3, "other_ms": t["other"] / steps / 1e3,
+                     "total_ms": total / steps / 1e3})
+    rows.sort(key=lambda r: -r["total_ms"])
+    attributed = sum(r["total_ms"] for r in rows)
+    return {"components": rows, "attributed_ms": attributed, "profiled_wall_ms": profiled_wall / steps * 1e3,
+            "unprofiled_wall_ms_median": common.median(wall) * 1e3, "steps": steps}
+
+
+WORKERS = {"time": worker_time, "memory": worker_memory, "profile": worker_profile}
+
+
+def run_as_worker(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    common.set_nnunet_env(Path(spec["workdir"]))
+    common.write_result(spec, WORKERS[spec["kind"]](spec))
+
+
+# ----- driver -----------------------------------------------------------------------------------------------
+def ratio(value: float, reference: float) -> float:
+    return value / reference if reference > 0 else math.nan
+
+
+def summarise(setting: dict, timing: dict, memory: dict) -> list[dict]:
+    """One row per VL model of a setting: medians and ratios to image-only, with the goals."""
+    rows = []
+    med = {k: {m: common.median(v) for m, v in timing[k].items()} for k in ("train_s", "infer_s", "infer_tta_s")
+           if k in timing}
+    for model in [m for m in timing["train_s"] if common.is_vl(m)]:
+        row = dict(setting, model=model,
+                   train_s=med["train_s"][model], train_image_s=med["train_s"]["image"],
+                   infer_s=med["infer_s"][model], infer_image_s=med["infer_s"]["image"],
+                   train_memory_mb=memory[model]["train_peak_mb"], train_memory_image_mb=memory["image"]["train_peak_mb"],
+                   infer_memory_mb=memory[model]["infer_peak_mb"], infer_memory_image_mb=memory["image"]["infer_peak_mb"],
+                   parameters=timing["parameters"][model], parameters_image=timing["parameters"]["image"])
+        row["train_ratio"] = ratio(row["train_s"], row["train_image_s"])
+        row["infer_ratio"] = ratio(row["infer_s"], row["infer_image_s"])
+        row["train_memory_ratio"] = ratio(row["train_memory_mb"], row["train_memory_image_mb"])
+        row["infer_memory_ratio"] = ratio(row["infer_memory_mb"], row["infer_memory_image_mb"])
+        if "infer_tta_s" in med:
+            row["infer_tta_s"], row["infer_tta_image_s"] = med["infer_tta_s"][model], med["infer_tta_s"]["image"]
+            row["infer_tta_ratio"] = ratio(row["infer_tta_s"], row["infer_tta_image_s"])
+        row["goals_met"] = {k: bool(row[f"{k}_ratio"] <= g) for k, g in GOALS.items()}
+        rows.append(row)
+    return rows
+
+
+def markdown(payload: dict) -> str:
+    rows = payload["rows"]
+    tta = any("infer_tta_ratio" in r for r in rows)
+    header = ["preset", "dim", "model", "train s/it (img)", "train ×", "infer s/case (img)", "infer ×",
+              "train mem MB (img)", "train mem ×", "infer mem MB (img)", "infer mem ×"] + (["infer+TTA ×"] if tta else [])
+
+    def mark(row, key):
+        return f"{row[f'{key}_ratio']:.2f}{'' if row['goals_met'][key] else ' ✗'}"
+
+    body = [[r["preset"], f"{r['dim']}D", r["model"], f"{r['train_s']:.3f} ({r['train_image_s']:.3f})",
+             mark(r, "train"), f"{r['infer_s']:.2f} ({r['infer_image_s']:.2f})", mark(r, "infer"),
+             f"{r['train_memory_mb']:.0f} ({r['train_memory_image_mb']:.0f})", mark(r, "train_memory"),
+             f"{r['infer_memory_mb']:.0f} ({r['infer_memory_image_mb']:.0f})", mark(r, "infer_memory")]
+            + ([f"{r.get('infer_tta_ratio', math.nan):.2f}"] if tta else []) for r in rows]
+    m = payload["machine"]
+    lines = [
+        "# Cost of the VL trainers relative to image-only nnUNetTrainer",
+        "",
+        f"Medians of {payload['settings']['repeats']} repetitions after {payload['settings']['warmup']} warm-up "
+        f"iterations, models interleaved; device `{m['device']}`, {m['torch_threads']} torch thread(s) on "
+        f"{m['cpu_count']} CPUs, load average at start {m.get('load_average_at_start')}; text encoder "
+        f"`{payload['settings']['text_encoder']}`. × = VL / image-only on the same plans; ✗ = goal missed "
+        f"(train ≤ {GOALS['train']}, inference ≤ {GOALS['infer']}, memory ≤ {GOALS['train_memory']}).",
+        "",
+        markdown_table_raw(header, body),
+        "",
+        "Settings (per preset and dimension): " + "; ".join(
+            f"{s['preset']} {s['dim']}D: patch {s['patch_size']}, batch {s['batch_size']}, inference input "
+            f"{s['inference_input_shape'][1:]} = {s['tiles']} tiles, parameters image {s['parameters']['image']:,}"
+            + "".join(f", {k} {v:,}" for k, v in s["parameters"].items() if k != "image")
+            for s in payload["settings_per_run"]) + ".",
+        "",
+        "Training iteration = the trainer's `train_step` on a real batch (planned batch and patch size). Inference "
+        "= `predict_sliding_window_return_logits` on one case, no test-time mirroring"
+        + (" (TTA column: mirroring as each predictor deploys it)" if tta else "") + ". Memory = peak above the "
+        f"process after imports ({payload['memory_method']}), each model in a fresh process; it includes "
+        "parameters, gradients and optimizer state (training) or parameters and the logits buffers (inference).",
+    ]
+    if payload.get("profile"):
+        lines += ["", "## Where the VL training iteration goes (torch.profiler)", ""]
+        for prof in payload["profile"]:
+            lines += [f"### {prof['model']} — {prof['preset']} {prof['dim']}D: {prof['unprofiled_wall_ms_median']:.0f} ms "
+                      f"per iteration unprofiled, {prof['profiled_wall_ms']:.0f} ms profiled "
+                      f"({prof['attributed_ms']:.0f} ms attributed to ops)", ""]
+            total = prof["attributed_ms"] or 1.0
+            lines.append(markdown_table_raw(
+                ["component", "forward ms", "backward ms", "other ms", "total ms", "share"],
+                [[c["component"], f"{c['forward_ms']:.1f}", f"{c['backward_ms']:.1f}", f"{c['other_ms']:.1f}",
+                  f"{c['total_ms']:.1f}", f"{100 * c['total_ms'] / total:.0f}%"]
+                 for c in prof["components"] if c["total_ms"] >= 0.005 * total]))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_table_raw(header, rows) -> str:
+    return common.markdown_table(header, [[str(v) for v in row] for row in rows])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        run_as_worker(args.worker)
+        return 0
+    common.set_nnunet_env(args.workdir)
+    presets = [p for p in args.presets.split(",") if p]
+    dims = [int(d) for d in args.dims.split(",") if d]
+    started = time.time()
+    machine = common.machine_info(args.device)  # load average at the start
+    if args.threads:
+        machine["torch_threads"] = args.threads  # what the workers use
+    base = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads,
+            "repeats": args.repeats, "warmup": args.warmup, "infer_scale": args.infer_scale, "tta": args.tta}
+    rows, runs, profiles, memory_method = [], [], [], ""
+    for preset in presets:
+        for dim in dims:
+            did, configuration = common.prepare_dataset(dim, preset, args.text_encoder, args.num_train,
+                                                        args.sizes[dim], log=lambda s: print(s, flush=True))
+            setting = {"preset": preset, "dim": dim}
+            spec = dict(base, dataset_id=did, configuration=configuration, models=list(common.MODELS))
+            work = args.workdir / "worker_results"
+            print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: timing", flush=True)
+            timing = common.run_worker(SCRIPT, dict(spec, kind="time", name=f"time {preset} {dim}D"),
+                                       work / f"time_{preset}_{dim}d.json")
+            memory = {}
+            for model in common.MODELS:
+                print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: memory {model}", flush=True)
+                memory[model] = common.run_worker(
+                    SCRIPT, dict(spec, kind="memory", model=model, name=f"memory {preset} {dim}D {model}"),
+                    work / f"memory_{preset}_{dim}d_{model}.json",
+                    extra_env=common.MEMORY_WORKER_ENV if args.device == "cpu" else None)
+                memory_method = memory[model]["method"]
+            if args.profile:
+                for model in [m for m in common.MODELS if common.is_vl(m)]:
+                    print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: profile {model}", flush=True)
+                    prof = common.run_worker(SCRIPT, dict(spec, kind="profile", model=model,
+                                                          name=f"profile {preset} {dim}D {model}"),
+                                             work / f"profile_{preset}_{dim}d_{model}.json")
+                    profiles.append(dict(setting, model=model, **prof))
+            runs.append(dict(setting, dataset_id=did, configuration=configuration, timing=timing, memory=memory,
+                             **{k: timing[k] for k in ("patch_size", "batch_size", "parameters", "tiles",
+                                                       "inference_input_shape")}))
+            rows += summarise(setting, timing, memory)
+    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "sizes")}
+    settings.update(workdir=str(args.workdir), out=str(args.out), sizes={str(k): v for k, v in args.sizes.items()})
+    payload = {"goals": GOALS, "settings": settings, "machine": machine,
+               "memory_method": memory_method, "rows": rows, "runs": runs, "profile": profiles,
+               "settings_per_run": [{k: r[k] for k in ("preset", "dim", "patch_size", "batch_size", "parameters",
+                                                       "tiles", "inference_input_shape")} for r in runs],
+               "elapsed_s": time.time() - started}
+    text = markdown(payload)
+    json_path, md_path = common.save_outputs(args.out, "cost", payload, text)
+    print(text)
+    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
