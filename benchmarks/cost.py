@@ -243,7 +243,7 @@ def _attribute(events, labels: set[str], device: str) -> dict[str, dict[str, flo
     A backward event carries the sequence number of its node; a forward op records the autograd counter when it
     starts, and the counter only advances when an op creates a node, so a number's owner is the *last* forward op
     that recorded it (ops that create no node, e.g. under no_grad, record the number of the next node).
-    Microseconds, summed over the profile.
+    Microseconds.
     """
     def dur(e):
         return e.device_time_total if device.startswith("cuda") else e.cpu_time_total
@@ -305,24 +305,25 @@ def worker_profile(spec: dict) -> dict:
     wall = common.timed(step, device, spec["warmup"], spec["repeats"])
     labels = _label_components(trainer, model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    steps = max(spec["repeats"], 2)
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        for _ in range(steps):
+    steps = max(spec["repeats"], 3)
+    per_step, profiled_wall = [], []
+    for _ in range(steps):  # one profile per step: the median per component resists a step slowed by other load
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
             step()
-        common.synchronize(device)
-        profiled_wall = time.perf_counter() - start
-    events = prof.events()
-    parts = _attribute(events, labels, device)
+            common.synchronize(device)
+            profiled_wall.append(time.perf_counter() - start)
+        per_step.append(_attribute(prof.events(), labels, device))
     rows = []
-    for name, t in parts.items():
-        total = t["forward"] + t["backward"] + t["other"]
-        rows.append({"component": name, "forward_ms": t["forward"] / steps / 1e3,
-                     "backward_ms": t["backward"] / steps / 1e3, "other_ms": t["other"] / steps / 1e3,
-                     "total_ms": total / steps / 1e3})
+    for name in {n for parts in per_step for n in parts}:
+        values = {key: common.median([parts.get(name, {}).get(key, 0.0) / 1e3 for parts in per_step])
+                  for key in ("forward", "backward", "other")}
+        total = common.median([sum(parts.get(name, {}).values()) / 1e3 for parts in per_step])
+        rows.append({"component": name, "forward_ms": values["forward"], "backward_ms": values["backward"],
+                     "other_ms": values["other"], "total_ms": total})
     rows.sort(key=lambda r: -r["total_ms"])
-    attributed = sum(r["total_ms"] for r in rows)
-    return {"components": rows, "attributed_ms": attributed, "profiled_wall_ms": profiled_wall / steps * 1e3,
+    return {"components": rows, "attributed_ms": sum(r["total_ms"] for r in rows),
+            "profiled_wall_ms": common.median(profiled_wall) * 1e3,
             "unprofiled_wall_ms_median": common.median(wall) * 1e3, "steps": steps}
 
 

@@ -23,19 +23,24 @@ CPU_SMOKE = Budget(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2)
 DEMO = Budget(epochs=12, iterations_per_epoch=25, val_iterations_per_epoch=4)
 
 
-class nnUNetTrainer_cpu(nnUNetTrainer):
+class WithBudget:
+    """Mixin for trainer variants that only change the training length: set `budget` on the class."""
+
+    budget: Budget
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.budget.apply(self)
+
+
+class nnUNetTrainer_cpu(WithBudget, nnUNetTrainer):
     """Stock nnU-Net on the CPU smoke budget (proves VL plans stay nnU-Net compatible)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        CPU_SMOKE.apply(self)
+    budget = CPU_SMOKE
 
 
-class nnUNetTrainer_demo(nnUNetTrainer):
+class nnUNetTrainer_demo(WithBudget, nnUNetTrainer):
     """Stock nnU-Net, image only, on the demo budget."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        DEMO.apply(self)
+    budget = DEMO

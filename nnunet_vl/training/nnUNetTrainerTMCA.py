@@ -5,7 +5,7 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_vl.training.budgets import CPU_SMOKE, DEMO
+from nnunet_vl.training.budgets import CPU_SMOKE, DEMO, Budget, WithBudget
 from nnunet_vl.training.network_builder import build_vl_network
 from nnunet_vl.training.vl_trainer import nnUNetTrainerVL
 
@@ -37,44 +37,25 @@ class nnUNetTrainerTMCA_noText(nnUNetTrainerTMCA):
     text_mode = "none"
 
 
-class nnUNetTrainerTMCA_5epochs(nnUNetTrainerTMCA):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+class nnUNetTrainerTMCA_5epochs(WithBudget, nnUNetTrainerTMCA):
+    budget = Budget(epochs=5, iterations_per_epoch=250, val_iterations_per_epoch=50)
 
 
-class nnUNetTrainerTMCA_cpu(nnUNetTrainerTMCA):
+class nnUNetTrainerTMCA_cpu(WithBudget, nnUNetTrainerTMCA):
     """CPU smoke budget (2 epochs of 5 iterations), same as nnUNetTrainer_cpu."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        CPU_SMOKE.apply(self)
+    budget = CPU_SMOKE
 
 
-class nnUNetTrainerTMCA_demo(nnUNetTrainerTMCA):
+class nnUNetTrainerTMCA_demo(WithBudget, nnUNetTrainerTMCA):
     """Demo budget, same as nnUNetTrainer_demo."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        DEMO.apply(self)
+    budget = DEMO
 
 
-class nnUNetTrainerTMCA_noText_demo(nnUNetTrainerTMCA_noText):
-    """The no-text ablation on the demo budget."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        DEMO.apply(self)
+class nnUNetTrainerTMCA_noText_cpu(WithBudget, nnUNetTrainerTMCA_noText):
+    budget = CPU_SMOKE
 
 
-class nnUNetTrainerTMCA_noText_cpu(nnUNetTrainerTMCA_noText):
-    """The no-text ablation on the CPU smoke budget."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        CPU_SMOKE.apply(self)
+class nnUNetTrainerTMCA_noText_demo(WithBudget, nnUNetTrainerTMCA_noText):
+    budget = DEMO
