@@ -5,8 +5,9 @@
   segmentation loss, the text loss, the optimizer and `train_step` are exactly what training runs;
 - a real batch from nnU-Net's data loader (planned batch and patch size, deep-supervision targets);
 - nnU-Net's predictors set up like the trainers' final validation;
-- peak memory: CUDA max allocated, or on CPU the peak RSS (Linux VmHWM, reset through /proc/self/clear_refs)
-  in a worker subprocess whose allocations all go to mmap, so freed memory really leaves the process;
+- peak memory: CUDA max allocated, or on CPU the peak RSS (Linux VmHWM, reset through /proc/self/clear_refs),
+  measured in a forked child process per model whose allocations all go to mmap, so freed memory really leaves
+  the process and no model's peak hides in another's;
 - worker subprocesses, medians, markdown tables.
 
 Nothing here writes outside the work dir and the output dir given on the command line.
@@ -34,8 +35,6 @@ MODELS = ("image", "bipvl", "tmca")
 TRAINER_NAMES = {"image": "nnUNetTrainer", "bipvl": "nnUNetTrainerBiPVL", "tmca": "nnUNetTrainerTMCA"}
 CONFIGURATION = {2: "2d", 3: "3d_fullres"}
 _PRESET_NUMBER = {"bipvl": 1, "light": 2, "tmca": 3}
-# glibc: every allocation of >= 64 KiB is its own mmap and is unmapped when freed, so RSS follows live tensors
-MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 # ----- environment and data -------------------------------------------------------------------------------
@@ -248,7 +247,7 @@ class PeakMemory:
     CUDA: torch.cuda.max_memory_allocated over memory_allocated at `reset()`. CPU: peak RSS (VmHWM) over RSS
     at `reset()`; the peak is reset through /proc/self/clear_refs (Linux >= 4.0). Without it (other OS), the
     process-lifetime ru_maxrss is used, which is only right for the first region of a fresh process.
-    Run CPU measurements in a process started with MEMORY_WORKER_ENV, else freed memory stays in the heap.
+    Measure on CPU inside `in_fresh_process`, else freed memory stays in the heap and hides later peaks.
     """
 
     def __init__(self, device: str):
@@ -335,7 +334,7 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-# ----- worker subprocesses ----------------------------------------------------------------------------------
+# ----- worker subprocesses and forked measurement children ------------------------------------------------
 def run_worker(script: Path, spec: dict, result_file: Path, extra_env: dict | None = None,
                timeout: float | None = None) -> dict:
     """Run `python script --worker SPEC_JSON` in a fresh process; the worker writes its result to result_file."""
@@ -350,6 +349,52 @@ def run_worker(script: Path, spec: dict, result_file: Path, extra_env: dict | No
         raise RuntimeError(f"worker {spec.get('name', spec)} failed (exit {proc.returncode}):\n"
                            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(result_file.read_text())
+
+
+def _force_mmap_allocations() -> bool:
+    """glibc: serve every allocation of >= 64 KiB by its own mmap, unmapped when freed, so that RSS follows the
+    live tensors (otherwise freed memory stays in the heap and a later peak can hide in it)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(ctypes.c_int(-3), ctypes.c_int(65536)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def in_fresh_process(fn, *args):
+    """fn(*args) in a forked child process (its own memory accounting; the parent's imports are shared), with
+    allocations forced to mmap; returns fn's JSON-serialisable result.
+
+    Fork before the parent runs any torch computation or touches CUDA. Without os.fork (Windows) fn runs in
+    this process and the result says so under "process".
+    """
+    if not hasattr(os, "fork"):
+        return dict(fn(*args), process="same process (no fork on this platform): peaks may mix")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_end)
+        code = 0
+        try:
+            mmap = _force_mmap_allocations()
+            payload = {"result": dict(fn(*args), process="forked child" + ("" if mmap else " (malloc default)"))}
+        except BaseException:  # report everything to the parent, never fall through into its code
+            import traceback
+            payload, code = {"error": traceback.format_exc()}, 1
+        with os.fdopen(write_end, "w") as f:
+            f.write(json.dumps(payload))
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    payload = json.loads(data) if data else {"error": "the measurement process died without a result"}
+    if "error" in payload:
+        raise RuntimeError(f"measurement in a child process failed:\n{payload['error']}")
+    return payload["result"]
 
 
 def write_result(spec: dict, result: dict) -> None:

@@ -15,11 +15,13 @@ and `nnUNetTrainerTMCA` are built from those same plans and measured:
   mirroring unless `--tta` (a VL predictor skips mirror axes its report names, so with TTA the models would
   not run the same number of network evaluations);
 - peak memory of a training iteration and of inference: CUDA max allocated, or peak RSS on CPU, each model in
-  a fresh subprocess (allocations forced to mmap, peak reset via /proc/self/clear_refs) above the RSS after
-  imports; it includes parameters, gradients and optimizer state.
+  its own fresh (forked) process (allocations forced to mmap, peak reset via /proc/self/clear_refs) above the
+  memory after imports and a throw-away image-only step (one-time process memory); it includes parameters,
+  gradients and optimizer state.
 
-Timings of the three models run in one process, interleaved round by round (rotating order) after warm-up,
-so load changes on a shared machine hit all models alike; the median over repetitions is reported.
+One worker process per preset x dimension imports everything once, forks the memory measurements, then times
+the three models interleaved round by round (rotating order) after warm-up, so load changes on a shared
+machine hit all models alike; the median over repetitions is reported.
 `--profile` adds a per-component breakdown of the VL training iteration (torch.profiler; backward time is
 attributed to the component whose forward op created it).
 
@@ -117,8 +119,8 @@ def _interleaved(fns: dict, device: str, warmup: int, repeats: int) -> dict[str,
     return times
 
 
-def worker_time(spec: dict) -> dict:
-    _setup_worker(spec)
+def measure_time(spec: dict) -> tuple[dict, dict, dict]:
+    """Training and inference times of all models, interleaved; also returns the trainers and the batch."""
     plans, dataset_json = common.load_plans(spec["dataset_id"])
     device, models = spec["device"], spec["models"]
     trainers = {m: common.make_trainer(m, plans, dataset_json, spec["configuration"], device) for m in models}
@@ -142,16 +144,33 @@ def worker_time(spec: dict) -> dict:
         if tta:
             result["tta_mirror_axes"] = {m: list(p.allowed_mirroring_axes or ()) for m, p in predictors.items()}
         result["tiles"] = common.num_tiles(predictors[models[0]], data)
-    return result
+    return result, trainers, batch
 
 
-def worker_memory(spec: dict) -> dict:
-    torch = _setup_worker(spec)
-    device, model = spec["device"], spec["model"]
+def _warm_up_process(spec: dict, plans: dict, dataset_json: dict) -> None:
+    """Pay the process's one-time memory (lazily imported modules, data-loading libraries, oneDNN/BLAS buffers,
+    allocator arenas: ~100 MB on CPU) with a throw-away image-only step and prediction, so that the measured
+    peak is the model's own and not a constant that every model shares (CUDA's max allocated has none)."""
+    import gc
+
+    trainer = common.make_trainer("image", plans, dataset_json, spec["configuration"], spec["device"])
+    trainer.train_step(_batch_copy(common.real_batch(trainer, seed=0)))
+    predictor = common.make_predictor(trainer, "image", use_mirroring=False)
+    predictor.predict_sliding_window_return_logits(common.inference_case(trainer, spec["infer_scale"])[1])
+    del trainer, predictor
+    gc.collect()
+
+
+def measure_memory(spec: dict, model: str) -> dict:
+    """Peak memory of training steps and of one inference of `model`; run it in common.in_fresh_process."""
+    import torch
+
+    device = spec["device"]
+    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    _warm_up_process(spec, plans, dataset_json)
     memory = common.PeakMemory(device)
     memory.reset()
-    baseline = memory.baseline_mb  # after imports, before the model exists
-    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    baseline = memory.baseline_mb  # before the measured model exists
     trainer = common.make_trainer(model, plans, dataset_json, spec["configuration"], device)
     batch = common.real_batch(trainer, seed=0)
     parameters_mb = sum(p.numel() * p.element_size() for p in trainer.network.parameters()) / 2 ** 20
@@ -293,16 +312,15 @@ def _attribute(events, labels: set[str], device: str) -> dict[str, dict[str, flo
     return result
 
 
-def worker_profile(spec: dict) -> dict:
-    torch = _setup_worker(spec)
+def profile_training(trainer, model: str, batch: dict, spec: dict) -> dict:
+    """Median per-component time of the trainer's train_step over several profiled steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    device, model = spec["device"], spec["model"]
-    plans, dataset_json = common.load_plans(spec["dataset_id"])
-    trainer = common.make_trainer(model, plans, dataset_json, spec["configuration"], device)
-    batch = common.real_batch(trainer, seed=0)
+    device = spec["device"]
+    trainer.set_deep_supervision_enabled(True)  # back from inference
+    trainer.network.train()
     step = lambda: trainer.train_step(_batch_copy(batch))  # noqa: E731
-    wall = common.timed(step, device, spec["warmup"], spec["repeats"])
+    wall = common.timed(step, device, 1, spec["repeats"])
     labels = _label_components(trainer, model)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     steps = max(spec["repeats"], 3)
@@ -327,13 +345,21 @@ def worker_profile(spec: dict) -> dict:
             "unprofiled_wall_ms_median": common.median(wall) * 1e3, "steps": steps}
 
 
-WORKERS = {"time": worker_time, "memory": worker_memory, "profile": worker_profile}
+def worker(spec: dict) -> dict:
+    """Everything for one preset x dimension, in one process: memory of each model in a forked child first
+    (before this process computes anything), then the interleaved timings, then the optional profile."""
+    _setup_worker(spec)
+    memory = {m: common.in_fresh_process(measure_memory, spec, m) for m in spec["models"]}
+    timing, trainers, batch = measure_time(spec)
+    profiles = {m: profile_training(trainers[m], m, batch, spec)
+                for m in spec["models"] if common.is_vl(m)} if spec["profile"] else {}
+    return {"memory": memory, "timing": timing, "profile": profiles}
 
 
 def run_as_worker(spec_json: str) -> None:
     spec = json.loads(spec_json)
     common.set_nnunet_env(Path(spec["workdir"]))
-    common.write_result(spec, WORKERS[spec["kind"]](spec))
+    common.write_result(spec, worker(spec))
 
 
 # ----- driver -----------------------------------------------------------------------------------------------
@@ -400,7 +426,8 @@ def markdown(payload: dict) -> str:
         "Training iteration = the trainer's `train_step` on a real batch (planned batch and patch size). Inference "
         "= `predict_sliding_window_return_logits` on one case, no test-time mirroring"
         + (" (TTA column: mirroring as each predictor deploys it)" if tta else "") + ". Memory = peak above the "
-        f"process after imports ({payload['memory_method']}), each model in a fresh process; it includes "
+        f"process after imports and a throw-away image-only step ({payload['memory_method']}), each model in its "
+        "own fresh process; it includes "
         "parameters, gradients and optimizer state (training) or parameters and the logits buffers (inference).",
     ]
     if payload.get("profile"):
@@ -436,7 +463,8 @@ def main(argv=None) -> int:
     if args.threads:
         machine["torch_threads"] = args.threads  # what the workers use
     base = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads,
-            "repeats": args.repeats, "warmup": args.warmup, "infer_scale": args.infer_scale, "tta": args.tta}
+            "repeats": args.repeats, "warmup": args.warmup, "infer_scale": args.infer_scale, "tta": args.tta,
+            "profile": args.profile}
     rows, runs, profiles, memory_method = [], [], [], ""
     for preset in presets:
         for dim in dims:
@@ -444,25 +472,13 @@ def main(argv=None) -> int:
                                                         args.sizes[dim], log=lambda s: print(s, flush=True))
             setting = {"preset": preset, "dim": dim}
             spec = dict(base, dataset_id=did, configuration=configuration, models=list(common.MODELS))
-            work = args.workdir / "worker_results"
-            print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: timing", flush=True)
-            timing = common.run_worker(SCRIPT, dict(spec, kind="time", name=f"time {preset} {dim}D"),
-                                       work / f"time_{preset}_{dim}d.json")
-            memory = {}
-            for model in common.MODELS:
-                print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: memory {model}", flush=True)
-                memory[model] = common.run_worker(
-                    SCRIPT, dict(spec, kind="memory", model=model, name=f"memory {preset} {dim}D {model}"),
-                    work / f"memory_{preset}_{dim}d_{model}.json",
-                    extra_env=common.MEMORY_WORKER_ENV if args.device == "cpu" else None)
-                memory_method = memory[model]["method"]
-            if args.profile:
-                for model in [m for m in common.MODELS if common.is_vl(m)]:
-                    print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: profile {model}", flush=True)
-                    prof = common.run_worker(SCRIPT, dict(spec, kind="profile", model=model,
-                                                          name=f"profile {preset} {dim}D {model}"),
-                                             work / f"profile_{preset}_{dim}d_{model}.json")
-                    profiles.append(dict(setting, model=model, **prof))
+            print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: memory (a child process per model), "
+                  f"timing{', profile' if args.profile else ''}", flush=True)
+            result = common.run_worker(SCRIPT, dict(spec, name=f"{preset} {dim}D"),
+                                       args.workdir / "worker_results" / f"cost_{preset}_{dim}d.json")
+            timing, memory = result["timing"], result["memory"]
+            memory_method = memory["image"]["method"] + ", " + memory["image"]["process"]
+            profiles += [dict(setting, model=m, **p) for m, p in result["profile"].items()]
             runs.append(dict(setting, dataset_id=did, configuration=configuration, timing=timing, memory=memory,
                              **{k: timing[k] for k in ("patch_size", "batch_size", "parameters", "tiles",
                                                        "inference_input_shape")}))

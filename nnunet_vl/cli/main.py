@@ -21,6 +21,19 @@ def _raw_root(arg: str | None) -> Path:
     return Path(root)
 
 
+def _dataset_folder(raw_root: Path, dataset: str) -> Path:
+    """The raw folder of a dataset given by id or name."""
+    if dataset.isdigit():
+        found = sorted(raw_root.glob(f"Dataset{int(dataset):03d}_*"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{'no' if not found else 'more than one'} dataset with id {dataset} in {raw_root}: "
+                                    f"check the id, or pass --raw with the folder that holds it")
+        return found[0]
+    if not (raw_root / dataset).is_dir():
+        raise FileNotFoundError(f"no dataset folder {raw_root / dataset}: check the name or pass --raw")
+    return raw_root / dataset
+
+
 def cmd_env(args: argparse.Namespace) -> None:
     print(f"export nnUNet_extTrainer={trainer_dir()}")
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -29,12 +42,10 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     from nnunet_vl.text.contract import TextContractError, TextProblem, load_dataset_text
     from nnunet_vl.text.encoders import DEFAULT_ENCODER, EncoderNotFoundError, load_tokenizer, resolve_encoder
 
-    folder = _raw_root(args.raw) / maybe_convert_to_dataset_name(args.d)
+    folder = _dataset_folder(_raw_root(args.raw), args.d)
     text = load_dataset_text(folder, require_reports=not args.allow_missing_reports)
     encoder = args.text_encoder or text.text_encoder or DEFAULT_ENCODER
     try:

@@ -27,6 +27,11 @@ def fold_dir(folders: dict, trainer: str) -> Path:
     return folders["nnUNet_results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / "fold_0"
 
 
+def _trained(planned_2d, nnunet_folders, trainer: str) -> None:
+    if not (fold_dir(nnunet_folders, trainer) / "checkpoint_final.pth").is_file():
+        run("nnUNetv2_train", str(planned_2d), "2d", "0", "-tr", trainer, "-device", "cpu")
+
+
 def test_stock_trainer_trains_on_vl_plans(planned_2d, nnunet_folders):
     run("nnUNetv2_train", str(planned_2d), "2d", "0", "-tr", "nnUNetTrainer_cpu", "-device", "cpu")
     assert (fold_dir(nnunet_folders, "nnUNetTrainer_cpu") / "checkpoint_final.pth").is_file()
@@ -34,9 +39,8 @@ def test_stock_trainer_trains_on_vl_plans(planned_2d, nnunet_folders):
 
 @pytest.fixture(scope="module", params=["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"])
 def trained(request, planned_2d, nnunet_folders) -> str:
-    trainer = request.param
-    run("nnUNetv2_train", str(planned_2d), "2d", "0", "-tr", trainer, "-device", "cpu")
-    return trainer
+    _trained(planned_2d, nnunet_folders, request.param)
+    return request.param
 
 
 def test_training_writes_checkpoint_with_text_assets_and_log(trained, nnunet_folders):
@@ -119,3 +123,45 @@ def test_training_without_text_plans_fails_clearly(planned_2d, nnunet_folders):
     assert result.returncode != 0
     assert "planned without text" in result.stderr + result.stdout
     assert f"nnUNetv2_plan_and_preprocess_vl -d {DATASET}" in result.stderr + result.stdout
+
+
+
+def test_tmca_attention_maps_match_the_input(planned_2d, nnunet_folders, tmp_path):
+    _trained(planned_2d, nnunet_folders, "nnUNetTrainerTMCA_cpu")
+    out = tmp_path / "att"
+    _predict(planned_2d, nnunet_folders, "nnUNetTrainerTMCA_cpu", out, "--save-attention")
+    raw = nnunet_folders["nnUNet_raw"] / DATASET
+    for image_file in (raw / "imagesTs").glob("*.png"):
+        case = image_file.name[: -len("_0000.png")]
+        attention = np.asarray(Image.open(out / "attention" / f"{case}.png"))
+        assert attention.shape == np.asarray(Image.open(image_file)).shape
+        assert attention.dtype == np.uint8 and attention.std() > 0  # a spatial map, not a constant
+        assert (out / f"{case}.png").is_file()
+
+
+def test_attention_export_needs_a_tmca_model(planned_2d, nnunet_folders, tmp_path):
+    _trained(planned_2d, nnunet_folders, "nnUNetTrainerBiPVL_cpu")
+    result = _predict(planned_2d, nnunet_folders, "nnUNetTrainerBiPVL_cpu", tmp_path / "x", "--save-attention",
+                      ok=False)
+    assert result.returncode == 1 and "--save-attention needs a model with attention maps" in result.stderr
+
+
+def test_3d_fullres_train_and_predict(tiny_bert, nnunet_folders, tmp_path):
+    import SimpleITK as sitk
+
+    from nnunet_vl.data.synthetic import make_synthetic_dataset
+
+    raw = make_synthetic_dataset(nnunet_folders["nnUNet_raw"], 803, dim=3, num_train=6, num_test=2, size=32, seed=2)
+    run("nnUNetv2_plan_and_preprocess_vl", "-d", "803", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+        "--text-encoder", str(tiny_bert))
+    plans = json.loads((nnunet_folders["nnUNet_preprocessed"] / raw.name / "nnUNetPlans.json").read_text())
+    axes = plans["configurations"]["3d_fullres"]["text"]["direction_axes"]
+    assert axes == {"left_right": 2, "anterior_posterior": 1, "superior_inferior": 0}  # identity direction, LPS
+    run("nnUNetv2_train", "803", "3d_fullres", "0", "-tr", "nnUNetTrainerBiPVL_cpu", "-device", "cpu")
+    out = tmp_path / "pred3d"
+    run("nnUNetv2_predict_vl", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", "803", "-c", "3d_fullres", "-f",
+        "0", "-tr", "nnUNetTrainerBiPVL_cpu", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar")
+    for image_file in (raw / "imagesTs").glob("*.nii.gz"):
+        image = sitk.ReadImage(str(image_file))
+        seg = sitk.ReadImage(str(out / image_file.name.replace("_0000", "")))
+        assert seg.GetSize() == image.GetSize() and seg.GetDirection() == image.GetDirection()

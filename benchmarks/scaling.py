@@ -1,0 +1,377 @@
+#!/usr/bin/env python
+"""How the cost of BiPVL's text branch grows with patch voxels, fused stages and report length (issue part 3).
+
+On one synthetic dataset planned with a preset (default: 3D, `bipvl`), `nnUNetTrainerBiPVL` and the image-only
+`nnUNetTrainer` are built from the same plans with one planned value changed at a time:
+
+- patch voxels: the planned patch times `--patch-factors` per axis (rounded to the network's total stride);
+- fused stages: `--stages` deepest encoder stages (`all` = every stage; the planner drops the
+  highest-resolution stages first, so `n` means the `n` deepest);
+- report length: reports made exactly `--lengths` tokens long (the case's report repeated, then truncated)
+  with the planned `max_tokens` set to the same length;
+
+the other two stay at the base value (first patch factor, last stage value, `--base-length` tokens).
+Measured per setting, on a real batch of the planned batch size:
+
+- text-branch time = median(forward + DC/CE deep-supervision loss [+ text loss] + backward of BiPVL) minus
+  the same for the image-only U-Net; both run interleaved in one process, after warm-up;
+- text-branch activation memory = peak above the memory held before the pass (parameters and gradients
+  already allocated), BiPVL minus image-only, each in its own fresh (forked) process (CPU: peak RSS with every
+  allocation mmap-ed; CUDA: max allocated);
+- the planner's VRAM estimate for the same setting, from the planner's own cost function
+  (`VLPlannerMixin._fusion_stages`, called with the setting), both as planned (every block `fusion_dim`
+  wide) and at the widths the network really builds (`fusion_width`: at most the stage's channels).
+
+    python benchmarks/scaling.py                  # 3D, bipvl preset, 3 values per axis
+    python benchmarks/scaling.py --dim 2 --threads 1
+    python benchmarks/scaling.py --smallest --workdir /tmp/w --out /tmp/o --text-encoder DIR   # smoke test
+
+Writes OUT/scaling.json and OUT/scaling.md (OUT defaults to benchmarks/results) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+DEFAULT_SIZE = {2: 64, 3: 32}
+SMALLEST_SIZE = {2: 32, 3: 24}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR,
+                   help="nnU-Net raw/preprocessed/results folders go here (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=common.DEFAULT_RESULTS, help="where scaling.json/.md go")
+    p.add_argument("--text-encoder", default="minilm", help="encoder alias or local directory (default: minilm)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=3)
+    p.add_argument("--preset", default="bipvl", help="preset the dataset is planned with (fusion width, heads)")
+    p.add_argument("--patch-factors", default="1,1.5,2", help="patch edge multipliers (first one is the base)")
+    p.add_argument("--stages", default="1,3,all", help="numbers of fused (deepest) stages; the last is the base")
+    p.add_argument("--lengths", default="16,64,128", help="report lengths in tokens")
+    p.add_argument("--base-length", type=int, default=64, help="report length of the other two axes")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions per model and setting (median)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--num-train", type=int, default=40)
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    p.add_argument("--smallest", action="store_true",
+                   help="smoke-test setting: 2D, light preset, tiny images, one value per axis, 1 repetition")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smallest:
+        args.dim, args.preset, args.patch_factors, args.stages, args.lengths = 2, "light", "1", "all", "16"
+        args.base_length, args.repeats, args.warmup, args.num_train = 16, 1, 1, min(args.num_train, 8)
+    args.size = (SMALLEST_SIZE if args.smallest else DEFAULT_SIZE)[args.dim]
+    return args
+
+
+# ----- settings ---------------------------------------------------------------------------------------------
+def total_strides(arch_kwargs: dict) -> list[int]:
+    strides = [s if isinstance(s, (list, tuple)) else [s] * len(arch_kwargs["strides"][0])
+               for s in arch_kwargs["strides"]]
+    return [math.prod(axis) for axis in zip(*strides)]
+
+
+def scaled_patch(patch: list[int], factor: float, strides: list[int]) -> list[int]:
+    return [max(s, int(round(p * factor / s)) * s) for p, s in zip(patch, strides)]
+
+
+def fused_stages(value: str, n_stages: int) -> list[int]:
+    n = n_stages if value == "all" else min(int(value), n_stages)
+    return list(range(n_stages - n, n_stages))
+
+
+def make_settings(args, conf: dict) -> list[dict]:
+    """One dict per (axis, value); equal settings on different axes are measured once (see `key`)."""
+    factors = [float(f) for f in args.patch_factors.split(",")]
+    stages = [s.strip() for s in args.stages.split(",")]
+    lengths = [int(n) for n in args.lengths.split(",")]
+    base = {"factor": factors[0], "stages": stages[-1], "length": args.base_length}
+    arch = conf["architecture"]["arch_kwargs"]
+    out = []
+    for axis, key, values in (("patch voxels", "factor", factors), ("fused stages", "stages", stages),
+                              ("report tokens", "length", lengths)):
+        for value in values:
+            s = dict(base, **{key: value})
+            patch = scaled_patch(conf["patch_size"], s["factor"], total_strides(arch))
+            out.append({"axis": axis, "value": value, "patch_size": patch, "voxels": math.prod(patch),
+                        "fusion_stages": fused_stages(str(s["stages"]), arch["n_stages"]),
+                        "report_tokens": s["length"], "key": f"p{'x'.join(map(str, patch))}_s{s['stages']}_l{s['length']}"})
+    return out
+
+
+def setting_plans(plans: dict, configuration: str, setting: dict, model: str) -> dict:
+    plans = json.loads(json.dumps(plans))
+    conf = plans["configurations"][configuration]
+    conf["patch_size"] = setting["patch_size"]
+    if model != "image":
+        conf["text"]["fusion_stages"] = setting["fusion_stages"]
+        conf["text"]["max_tokens"] = setting["report_tokens"]
+    return plans
+
+
+def planner_estimate(preset_name: str, conf: dict, setting: dict, num_classes: int) -> dict:
+    """The planner's fusion VRAM estimate (MB) for the setting, from VLPlannerMixin._fusion_stages itself.
+
+    `_fusion_stages` is a method that reads only `self.text_spec['preset']` and `self.UNet_vram_target_GB`, so it
+    is called with a stand-in `self` (a target so large that no stage is dropped). `planned` sums its estimate
+    for the fused stages; `actual_widths` evaluates the same formula per stage at the width and heads BiPVLUNet
+    really builds there (fusion_width caps a block at its stage's channels).
+    """
+    from nnunet_vl.networks.bipvl_unet import fusion_width
+    from nnunet_vl.planning.planners import VLPlannerMixin, load_preset
+
+    conf = dict(conf, patch_size=setting["patch_size"])
+    n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
+    channels = conf["architecture"]["arch_kwargs"]["features_per_stage"]
+    tokens = setting["report_tokens"] + num_classes  # one token per class joins the report, as the planner counts
+
+    def estimate(preset: dict, stages_wanted: int) -> dict:
+        planner = common.fake_self(text_spec={"preset": dict(preset, fusion_stages=stages_wanted)},
+                                   UNet_vram_target_GB=1e9)
+        _, per_stage, _ = VLPlannerMixin._fusion_stages(planner, conf, tokens)
+        return per_stage
+
+    preset = load_preset(preset_name)
+    stages = setting["fusion_stages"]
+    planned = estimate(preset, len(stages))
+    actual = 0.0
+    for k in stages:
+        width, heads = fusion_width(channels[k], preset["fusion_dim"], preset["fusion_heads"])
+        actual += estimate(dict(preset, fusion_dim=width, fusion_heads=heads), n_stages - k)[f"stage_{k}"]
+    return {"planned_mb": sum(planned.values()), "planned_per_stage_mb": planned, "actual_widths_mb": actual}
+
+
+# ----- workers ----------------------------------------------------------------------------------------------
+def _setup_worker(spec: dict):
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")  # reports made longer than max_tokens are truncated on purpose
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for model in ("image", "bipvl"):
+        common.trainer_class(model)
+    import transformers.models.bert.modeling_bert  # noqa: F401
+    return torch
+
+
+def _build(spec: dict, setting: dict, model: str):
+    """Trainer of the setting's plans (VL: reports exactly report_tokens long) and its batch."""
+    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    trainer = common.make_trainer(model, setting_plans(plans, spec["configuration"], setting, model),
+                                  dataset_json, spec["configuration"], spec["device"])
+    batch = common.real_batch(trainer, seed=0)
+    if model != "image":
+        _set_report_length(trainer, setting["report_tokens"])
+    return trainer, batch
+
+
+def _set_report_length(trainer, length: int) -> None:
+    provider = trainer.text_provider
+    hf = provider.tokenizer.tokenizer
+    limit = int(trainer.text_plan["encoder_config"].get("max_position_embeddings", 512))
+    if length > limit:
+        raise ValueError(f"report length {length} exceeds the encoder's {limit} positions")
+    reports = {}
+    for case, text in provider.reports.items():
+        long = text or "lesion"
+        while len(hf(long)["input_ids"]) < length:
+            long = f"{long} {text or 'lesion'}"
+        reports[case] = long
+    provider.reports, provider.report_token_ids = reports, {}
+
+
+def _pass(trainer, model: str, batch: dict, device: str):
+    """Forward + seg loss (+ text loss) + backward, as in train_step but without mirroring, clipping and step."""
+    import torch
+
+    data = batch["data"].to(device)
+    target = [t.to(device) for t in batch["target"]] if isinstance(batch["target"], list) else batch["target"].to(device)
+    trainer.network.zero_grad(set_to_none=False)  # gradients stay allocated: the peak is activations only
+    with torch.autocast(device, enabled=True) if device.startswith("cuda") else _null():
+        if model == "image":
+            loss = trainer.loss(trainer.network(data), target)
+        else:
+            text = trainer.text_provider.inputs(list(batch["keys"])).to(device)
+            assert int(text.report_mask.sum(1).min()) == text.report_ids.shape[1]  # exactly report_tokens long
+            with trainer._text_bound(text, text_loss=True):
+                loss = trainer.loss(trainer.network(data), target)
+    loss.backward()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def measure_time(spec: dict) -> dict:
+    """All settings in one process; per setting BiPVL and image-only alternate after warm-up."""
+    import gc
+
+    device, out = spec["device"], {}
+    image: dict[str, tuple] = {}
+    for setting in spec["settings"]:
+        if setting["key"] in out:
+            continue
+        patch_key = "x".join(map(str, setting["patch_size"]))
+        if patch_key not in image:
+            image[patch_key] = _build(spec, setting, "image")
+        vl, vl_batch = _build(spec, setting, "bipvl")
+        img, img_batch = image[patch_key]
+        fns = {"image": lambda: _pass(img, "image", img_batch, device),
+               "bipvl": lambda: _pass(vl, "bipvl", vl_batch, device)}
+        for fn in fns.values():
+            for _ in range(spec["warmup"]):
+                fn()
+        times = {name: [] for name in fns}
+        for r in range(spec["repeats"]):
+            for name in (("image", "bipvl") if r % 2 == 0 else ("bipvl", "image")):
+                times[name] += common.timed(fns[name], device, 0, 1)
+        out[setting["key"]] = times
+        del vl, vl_batch, fns
+        gc.collect()
+    return out
+
+
+def measure_memory(spec: dict, setting: dict, model: str) -> dict:
+    """Activation peak of one pass of one model in one setting; run it in common.in_fresh_process."""
+    device = spec["device"]
+    trainer, batch = _build(spec, setting, model)
+    _pass(trainer, model, batch, device)  # allocates gradients; later passes reuse them
+    memory = common.PeakMemory(device)
+    memory.reset()
+    _pass(trainer, model, batch, device)
+    return {"activation_peak_mb": memory.peak_mb(), "method": memory.method,
+            "parameters": common.count_parameters(trainer.network)}
+
+
+def memory_key(setting: dict, model: str) -> str:
+    return setting["key"] if model != "image" else "image_" + "x".join(map(str, setting["patch_size"]))
+
+
+def worker(spec: dict) -> dict:
+    """Memory of every (setting, model) in a forked child each, before this process computes anything; then
+    the interleaved timings."""
+    _setup_worker(spec)
+    memory = {}
+    for setting in spec["settings"]:
+        for model in ("image", "bipvl"):
+            key = memory_key(setting, model)
+            if key not in memory:
+                memory[key] = common.in_fresh_process(measure_memory, spec, setting, model)
+    return {"memory": memory, "times_s": measure_time(spec)}
+
+
+def run_as_worker(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    common.set_nnunet_env(Path(spec["workdir"]))
+    common.write_result(spec, worker(spec))
+
+
+# ----- driver -----------------------------------------------------------------------------------------------
+def markdown(payload: dict) -> str:
+    s, m = payload["settings"], payload["machine"]
+    header = ["axis", "value", "patch", "voxels", "fused stages", "text tokens", "BiPVL s", "image s",
+              "text branch s", "text / image", "text act. MB (measured)", "planner MB", "planner formula @ real widths MB"]
+    body = [[r["axis"], r["value"], "×".join(map(str, r["patch_size"])), r["voxels"], str(r["fusion_stages"]),
+             r["text_tokens"], f"{r['bipvl_s']:.3f}", f"{r['image_s']:.3f}", f"{r['text_branch_s']:.3f}",
+             f"{r['text_branch_relative']:.2f}", f"{r['text_activation_mb']:.1f}", f"{r['planner_mb']:.1f}",
+             f"{r['planner_actual_widths_mb']:.1f}"] for r in payload["rows"]]
+    lines = [
+        "# Scaling of BiPVL's text branch",
+        "",
+        f"{s['dim']}D, preset `{s['preset']}`, text encoder `{s['text_encoder']}`, batch {payload['batch_size']}, "
+        f"planned patch {payload['planned_patch']}; device `{m['device']}`, {m['torch_threads']} torch thread(s) "
+        f"on {m['cpu_count']} CPUs, load average at start {m.get('load_average_at_start')}. Medians of "
+        f"{s['repeats']} repetitions after {s['warmup']} warm-up passes; BiPVL and image-only interleaved.",
+        "",
+        common.markdown_table(header, [[str(v) for v in row] for row in body]),
+        "",
+        "Text branch s = BiPVL − image-only time of forward + loss + backward (no optimizer step); text tokens = "
+        "report tokens + one per class. Text act. MB = peak memory of that pass above the memory held before it "
+        f"(parameters and gradients), BiPVL − image-only, each in its own process ({payload['memory_method']}). "
+        "Planner MB = `VLPlannerMixin._fusion_stages`' estimate for the fused stages (fusion activations only, "
+        "every block `fusion_dim` wide, 24 B per token·channel + 2·heads·tokens·4 B of attention per image token); "
+        "the last column evaluates the same formula at the block widths the network builds (`fusion_width`). The "
+        "measured figure also holds the text encoder's own activations, the per-class concept encoding and the "
+        "auxiliary projections, and on CPU everything is fp32 (the planner assumes fp16 activations).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        run_as_worker(args.worker)
+        return 0
+    common.set_nnunet_env(args.workdir)
+    started = time.time()
+    machine = common.machine_info(args.device)
+    if args.threads:
+        machine["torch_threads"] = args.threads
+    did, configuration = common.prepare_dataset(args.dim, args.preset, args.text_encoder, args.num_train,
+                                                args.size, log=lambda s: print(s, flush=True))
+    plans, dataset_json = common.load_plans(did)
+    conf = plans["configurations"][configuration]
+    num_classes = len(conf["text"]["class_names"])
+    settings = make_settings(args, conf)
+    spec = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads, "repeats": args.repeats,
+            "warmup": args.warmup, "dataset_id": did, "configuration": configuration}
+    print(f"[{time.time() - started:6.0f}s] {len({s['key'] for s in settings})} settings: memory (a child process "
+          f"per setting and model), then timing", flush=True)
+    result = common.run_worker(SCRIPT, dict(spec, settings=settings, name="scaling"),
+                               args.workdir / "worker_results" / f"scaling_{args.preset}_{args.dim}d.json")
+    timing, memory = result["times_s"], result["memory"]
+    first = next(iter(memory.values()))
+    memory_method = f"{first['method']}, {first['process']}"
+    rows = []
+    for setting in settings:
+        times = timing[setting["key"]]
+        bipvl_s, image_s = common.median(times["bipvl"]), common.median(times["image"])
+        vl_mb = memory[memory_key(setting, "bipvl")]["activation_peak_mb"]
+        image_mb = memory[memory_key(setting, "image")]["activation_peak_mb"]
+        estimate = planner_estimate(args.preset, conf, setting, num_classes)
+        rows.append({**{k: setting[k] for k in ("axis", "value", "patch_size", "voxels", "fusion_stages",
+                                                "report_tokens")},
+                     "text_tokens": setting["report_tokens"] + num_classes,
+                     "bipvl_s": bipvl_s, "image_s": image_s, "text_branch_s": bipvl_s - image_s,
+                     "text_branch_relative": (bipvl_s - image_s) / image_s if image_s > 0 else math.nan,
+                     "bipvl_times_s": times["bipvl"], "image_times_s": times["image"],
+                     "bipvl_activation_mb": vl_mb, "image_activation_mb": image_mb,
+                     "text_activation_mb": vl_mb - image_mb, "planner_mb": estimate["planned_mb"],
+                     "planner_per_stage_mb": estimate["planned_per_stage_mb"],
+                     "planner_actual_widths_mb": estimate["actual_widths_mb"]})
+    settings_out = {k: v for k, v in vars(args).items() if k != "worker"}
+    settings_out.update(workdir=str(args.workdir), out=str(args.out))
+    payload = {"settings": settings_out, "machine": machine, "memory_method": memory_method,
+               "batch_size": conf["batch_size"], "planned_patch": conf["patch_size"],
+               "n_stages": conf["architecture"]["arch_kwargs"]["n_stages"],
+               "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"],
+               "rows": rows, "elapsed_s": time.time() - started}
+    text = markdown(payload)
+    json_path, md_path = common.save_outputs(args.out, "scaling", payload, text)
+    print(text)
+    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

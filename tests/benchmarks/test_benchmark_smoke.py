@@ -1,0 +1,71 @@
+"""Smoke test of the cost benchmarks: each script runs on its smallest setting and writes sane results.
+
+The benchmarks themselves are not part of the test suite; this only checks that they run end to end (plan a
+tiny dataset, time, measure memory, profile-free) and write JSON with finite numbers, into tmp_path only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One work dir for both scripts, so the second reuses the dataset the first planned."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    return {"work": root / "work", "out": root / "out"}
+
+
+def _run(script: str, dirs: dict[str, Path], tiny_bert: Path) -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--smallest", "--threads", "1",
+           "--workdir", str(dirs["work"]), "--out", str(dirs["out"]), "--text-encoder", str(tiny_bert)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    stem = script.removesuffix(".py")
+    assert (dirs["out"] / f"{stem}.md").read_text().startswith("# ")
+    return json.loads((dirs["out"] / f"{stem}.json").read_text())
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_cost_smallest(bench_dirs, tiny_bert):
+    payload = _run("cost.py", bench_dirs, tiny_bert)
+    assert {"goals", "settings", "machine", "rows", "runs"} <= set(payload)
+    assert payload["settings"]["smallest"] and payload["machine"]["torch_threads"] == 1
+    rows = payload["rows"]
+    assert sorted(r["model"] for r in rows) == ["bipvl", "tmca"]
+    for row in rows:
+        assert (row["preset"], row["dim"]) == ("light", 2)
+        for key in ("train_s", "train_image_s", "infer_s", "infer_image_s", "train_memory_mb",
+                    "train_memory_image_mb", "infer_memory_mb", "infer_memory_image_mb", "train_ratio",
+                    "infer_ratio", "train_memory_ratio", "infer_memory_ratio", "parameters", "parameters_image"):
+            assert _positive(row[key]), (row["model"], key, row[key])
+        assert row["parameters"] > row["parameters_image"]  # the text branch has weights
+        assert set(row["goals_met"]) == {"train", "infer", "train_memory", "infer_memory"}
+    run = payload["runs"][0]
+    assert run["tiles"] >= 1 and run["batch_size"] >= 1
+    assert all(len(times) == 1 for times in run["timing"]["train_s"].values())  # 1 repetition
+
+
+def test_scaling_smallest(bench_dirs, tiny_bert):
+    payload = _run("scaling.py", bench_dirs, tiny_bert)
+    assert {"settings", "machine", "rows", "n_stages", "planned_patch"} <= set(payload)
+    rows = payload["rows"]
+    assert sorted(r["axis"] for r in rows) == ["fused stages", "patch voxels", "report tokens"]
+    for row in rows:
+        for key in ("bipvl_s", "image_s", "voxels", "text_tokens", "planner_mb", "planner_actual_widths_mb",
+                    "bipvl_activation_mb"):
+            assert _positive(row[key]), (row["axis"], key, row[key])
+        for key in ("text_branch_s", "text_activation_mb", "image_activation_mb"):  # differences may be noisy
+            assert math.isfinite(row[key]), (row["axis"], key, row[key])
+        assert row["report_tokens"] == 16 and row["fusion_stages"] == list(range(payload["n_stages"]))
+        assert row["planner_actual_widths_mb"] <= row["planner_mb"]  # blocks are at most fusion_dim wide

@@ -1,0 +1,42 @@
+"""The plugin's own commands: env, check, make-synthetic; clear one-line errors instead of tracebacks."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def nnunet_vl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "nnunet_vl"), *args], capture_output=True, text=True, env=os.environ)
+
+
+def test_env_prints_the_trainer_directory():
+    result = nnunet_vl("env")
+    line = result.stdout.splitlines()[0]
+    assert result.returncode == 0 and line.startswith("export nnUNet_extTrainer=")
+    assert (Path(line.split("=", 1)[1]) / "nnunet_vl_trainers.py").is_file()
+
+
+def test_make_synthetic_then_check(tmp_path, tiny_bert):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    assert nnunet_vl("make-synthetic", "-d", "870", "--num-train", "4", "--num-test", "1", "--size", "32",
+                     "--raw", str(raw)).returncode == 0
+    folder = raw / "Dataset870_SynthVL2D"
+    ok = nnunet_vl("check", "-d", "870", "--raw", str(raw), "--text-encoder", str(tiny_bert))
+    assert ok.returncode == 0 and "0 error(s)" in ok.stdout
+    again = nnunet_vl("make-synthetic", "-d", "870", "--raw", str(raw))
+    assert again.returncode == 1 and "overwrite" in again.stderr and "Traceback" not in again.stderr
+
+    reports = json.loads((folder / "reports.json").read_text())
+    reports["case_000"] = "  "
+    reports["nobody"] = "text"
+    (folder / "reports.json").write_text(json.dumps(reports))
+    bad = nnunet_vl("check", "-d", "870", "--raw", str(raw), "--text-encoder", str(tmp_path / "no_encoder"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "case_000" in bad.stdout and "unknown case 'nobody'" in bad.stdout and "does not exist" in bad.stdout
+    assert bad.stderr.count("ERROR:") == 3  # every error, one line each
