@@ -119,7 +119,7 @@ def make_trainer(model: str, plans: dict, dataset_json: dict, configuration: str
 
     plans = json.loads(json.dumps(plans))
     plans["continue_training"] = False
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         trainer = trainer_class(model)(plans=plans, configuration=configuration, fold=0, dataset_json=dataset_json,
                                        device=torch.device(device))
         trainer.initialize()
@@ -197,7 +197,6 @@ def inference_case(trainer, scale: float) -> tuple[str, "object"]:
 
 
 def num_tiles(predictor, data) -> int:
-    from nnunetv2.utilities.helpers import empty_cache  # noqa: F401  (predictor import side effects)
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
     padded, _ = pad_nd_image(data, predictor.configuration_manager.patch_size, "constant", {"value": 0}, True, None)
