@@ -7,23 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_vl.networks.fusion import BidirectionalFusionBlock
+from nnunet_vl.networks.fusion import BidirectionalFusionBlock, fusion_width
 from nnunet_vl.networks.text_branch import ProgressiveTextEncoder
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
-
-
-def fusion_width(stage_channels: int, fusion_dim: int, fusion_heads: int) -> tuple[int, int]:
-    """(width, heads) of the fusion block after a stage: at most the stage's own width.
-
-    High-resolution stages are narrow and hold the most voxels; capping the fusion width there keeps
-    the cost of the image-side projections close to the stage's own convolutions.
-    """
-    dim = min(fusion_dim, stage_channels)
-    heads = max(1, min(fusion_heads, dim // 16))
-    while dim % heads:
-        heads -= 1
-    return dim, heads
 
 
 class BiPVLUNet(nn.Module):

@@ -15,6 +15,19 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 
+def fusion_width(stage_channels: int, fusion_dim: int, fusion_heads: int) -> tuple[int, int]:
+    """(width, heads) of the fusion block after a stage: at most the stage's own width.
+
+    High-resolution stages are narrow and hold the most voxels; capping the fusion width there keeps
+    the cost of the image-side projections close to the stage's own convolutions.
+    """
+    dim = min(fusion_dim, stage_channels)
+    heads = max(1, min(fusion_heads, dim // 16))
+    while dim % heads:
+        heads -= 1
+    return dim, heads
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention of `query` tokens over `context` tokens, optionally masking context keys."""
 

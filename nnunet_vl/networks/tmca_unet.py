@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_vl.networks.fusion import fusion_width
 from nnunet_vl.networks.target_enhancement import TargetEnhancement
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
@@ -104,7 +105,8 @@ class TMCAUNet(nn.Module):
         conv_op = image_unet.encoder.conv_op
         self.enhancements = nn.ModuleDict(
             {
-                str(s): TargetEnhancement(conv_op, channels[s], text_dim, fusion_dim, fusion_heads)
+                str(s): TargetEnhancement(conv_op, channels[s], text_dim,
+                                          *fusion_width(channels[s], fusion_dim, fusion_heads))
                 for s in self.enhance_stages
             }
         )

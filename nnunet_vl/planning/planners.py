@@ -134,7 +134,8 @@ class VLPlannerMixin:
         n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
         tmca = dict(preset["tmca"])
         align = list(range(min(int(tmca.pop("align_stages")), n_stages)))
-        enhance = list(range(n_stages - min(int(tmca.pop("enhance_stages")), n_stages), n_stages))
+        wanted = tmca.pop("enhance_stages")
+        enhance = list(range(n_stages - (n_stages if wanted == "all" else min(int(wanted), n_stages)), n_stages))
         weights = tmca.pop("level_weights")
         tmca.update(align_stages=align, enhance_stages=enhance,
                     level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
