@@ -47,8 +47,8 @@ def test_show_test_case_prediction_folder_and_dataset_name(raw, tmp_path):
 def test_show_3d_case_without_text_cache(nnunet_folders, tmp_path):
     from nnunet_vl.data.synthetic import make_synthetic_dataset
 
-    folder = make_synthetic_dataset(nnunet_folders["nnUNet_raw"], 803, dim=3, num_train=2, num_test=1, size=24)
-    out = show_case("case_002", 803, prediction=folder / "labelsTs", out=tmp_path / "three.png")
+    folder = make_synthetic_dataset(nnunet_folders["nnUNet_raw"], 804, dim=3, num_train=2, num_test=1, size=24)
+    out = show_case("case_002", 804, prediction=folder / "labelsTs", out=tmp_path / "three.png")
     _png(out)
     report, source = case_report("case_002", folder.name, folder)
     assert report == json.loads((folder / "reports.json").read_text())["case_002"] and folder.name in source

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 def _worker(rank: int, method: str, plans_file: str, encoder: str, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # two ranks on a 2-core machine
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(rank)  # different data per rank; DDP must still keep the weights identical
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -50,6 +51,7 @@ def _worker(rank: int, method: str, plans_file: str, encoder: str, port: int, ou
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save({"same": bool(torch.equal(gathered[0], gathered[1])), "steps": step + 1}, out)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 
