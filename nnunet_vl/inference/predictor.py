@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from os.path import basename, dirname, join
 from pathlib import Path
 
@@ -143,6 +143,18 @@ class nnUNetPredictorVL(nnUNetPredictor):
         out.parent.mkdir(parents=True, exist_ok=True)
         self.plans_manager.image_reader_writer_class().write_seg(
             np.round(attention * 255).astype(np.uint8), str(out), item["data_properties"])
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's sliding window; a network that can reuse the case's text encoding over tiles does so."""
+        reuse = getattr(unwrap(self._vl_network()), "reusing_report_encoding", None)
+        with reuse() if reuse is not None else nullcontext():
+            return super().predict_sliding_window_return_logits(input_image)
+
+    def _vl_network(self) -> nn.Module:
+        network = self.network
+        while isinstance(network, AttentionAsLogits):
+            network = network.network
+        return network
 
     @contextmanager
     def _network_with_case_text(self):

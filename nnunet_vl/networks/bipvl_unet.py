@@ -26,7 +26,8 @@ class BiPVLUNet(nn.Module):
       text_class      (B, C, P)  class text: each class's token in the final fused text
       visual_{k}      (B, P, *S_k) fused output of encoder stage k, projected by a 1x1 conv (the loss
                                    mask-pools and normalises it; pooling commutes with the projection)
-      concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder
+      concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder (no gradient
+                                 reaches the encoder from it, only the projection)
       concept_present (C, K)     bool
       log_vars        (2,)       learned log-variances of (global, local), only with uncertainty_weighting
     """
@@ -115,7 +116,9 @@ class BiPVLUNet(nn.Module):
         c = text.num_classes
         class_text = hidden[:, text.report_ids.shape[1]:]  # one fused token per class
         k, lk = text.concept_ids.shape[1:]
-        concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk), text.concept_mask.reshape(c * k, lk))
+        with torch.no_grad():  # fixed anchors: the gradient through C*K sentences cost more than the rest of a step
+            concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk),
+                                               text.concept_mask.reshape(c * k, lk))
         aux = {
             "text_class": F.normalize(self.text_projection(class_text), dim=-1),
             "concept_text": F.normalize(self.text_projection(concepts), dim=-1).reshape(c, k, -1),

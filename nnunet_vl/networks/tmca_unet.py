@@ -17,7 +17,8 @@ Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so t
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,7 @@ class TMCAUNet(nn.Module):
         )
         self.image_heads = nn.ModuleList(nn.Linear(channels[s], proj_dim, bias=False) for s in self.align_stages)
         conv_op = image_unet.encoder.conv_op
+        self._report_cache: dict[int, tuple[TextInputs, torch.Tensor]] | None = None
         self.enhancements = nn.ModuleDict(
             {
                 str(s): TargetEnhancement(conv_op, channels[s], text_dim,
@@ -139,10 +141,30 @@ class TMCAUNet(nn.Module):
             outputs.append(self._input_resolution_attention(x, stage_attention))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    @contextmanager
+    def reusing_report_encoding(self) -> Iterator[None]:
+        """Within this context each TextInputs object's report is encoded once and reused (sliding-window
+        inference calls the network once per tile with the same text). Leave it before changing weights."""
+        self._report_cache = {}
+        try:
+            yield
+        finally:
+            self._report_cache = None
+
+    def encode_report(self, text: TextInputs) -> torch.Tensor:
+        """Last hidden states (B, Lr, H) of the report, from the cache inside `reusing_report_encoding`."""
+        cache = self._report_cache
+        if cache is not None and id(text) in cache:
+            return cache[id(text)][1]
+        tokens = self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
+        if cache is not None:
+            cache[id(text)] = (text, tokens)  # holding text keeps its id from being reused
+        return tokens
+
     def _forward_with_report(
         self, x: torch.Tensor, text: TextInputs
     ) -> tuple[torch.Tensor | list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
-        tokens = self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
+        tokens = self.encode_report(text)
         aux: dict[str, torch.Tensor] = {}
         stage_attention: list[torch.Tensor] = []
 

@@ -11,6 +11,8 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
 
+from nnunet_vl.networks.fusion import fusion_width
+
 _REPO_PRESETS = Path(__file__).resolve().parents[2] / "planners"
 # bytes per fusion token and channel in one fusion block (activations kept for backward, fp16 + attention I/O)
 _FUSION_BYTES_PER_TOKEN_CHANNEL = 24
@@ -100,10 +102,11 @@ class VLPlannerMixin:
         for s in arch["strides"]:
             spatial = spatial / np.asarray(s)
             tokens.append(int(np.prod(spatial)))
-        depth, dim, heads = preset["fusion_depth"], preset["fusion_dim"], preset["fusion_heads"]
-        batch = conf["batch_size"]
+        depth, batch = preset["fusion_depth"], conf["batch_size"]
+        widths = [fusion_width(c, preset["fusion_dim"], preset["fusion_heads"]) for c in arch["features_per_stage"]]
 
         def cost(k: int) -> float:
+            dim, heads = widths[k]  # the network caps each block's width at its stage's width
             per_block = tokens[k] * (dim * _FUSION_BYTES_PER_TOKEN_CHANNEL
                                      + 2 * heads * num_text_tokens * _FUSION_BYTES_PER_ATTENTION_ENTRY)
             return batch * depth * per_block
@@ -155,6 +158,7 @@ class VLPlannerMixin:
             "fusion_depth": preset["fusion_depth"],
             "fusion_vram_estimate_mb": estimate_mb,
             "fusion_reason": reason,
+            "train_word_embeddings": bool(preset.get("train_word_embeddings", False)),
             "text_lr_factor": preset["text_lr_factor"],
             "contrastive": dict(preset["contrastive"]),
             "tmca": tmca,

@@ -36,6 +36,10 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
                                         num_input_channels, num_output_channels, allow_init=True,
                                         deep_supervision=enable_deep_supervision)
     text_encoder = build_encoder_from_config(text["encoder_config"])
+    if not text.get("train_word_embeddings", False):
+        # the vocabulary table is most of a small encoder's weights; its dense gradient and AdamW state cost
+        # more than the rest of the text branch, and a segmentation dataset is too small to retrain it
+        text_encoder.get_input_embeddings().weight.requires_grad_(False)
     num_classes = len(text["class_names"])
     if method == "bipvl":
         from nnunet_vl.networks.bipvl_unet import BiPVLUNet

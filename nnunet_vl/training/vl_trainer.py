@@ -118,13 +118,14 @@ class nnUNetTrainerVL(nnUNetTrainer):
         With nnU-Net's SGD the zero-initialised fusion gates open too slowly: the fusion weights get
         gradients scaled by the still-tiny gates, and a short schedule ends before the text is used.
         AdamW's per-parameter step sizes do not depend on that scale. The text encoder gets
-        `text_lr_factor` times the learning rate.
+        `text_lr_factor` times the learning rate; its word embeddings stay frozen unless the plans say
+        `train_word_embeddings`.
         """
         network = unwrap(self.network)
         text_ids = {id(p) for p in network.text_encoder.parameters()}
         groups = [
             {"params": [p for p in network.parameters() if id(p) not in text_ids], "lr_factor": 1.0},
-            {"params": [p for p in network.text_encoder.parameters()],
+            {"params": [p for p in network.text_encoder.parameters() if p.requires_grad],
              "lr_factor": float(self.text_plan["text_lr_factor"])},
         ]
         optimizer = torch.optim.AdamW(groups, self.initial_lr, weight_decay=self.weight_decay, amsgrad=True)

@@ -179,6 +179,26 @@ def test_report_changes_output_once_gates_open(tiny_bert: Path, tokenizer) -> No
     assert not torch.allclose(seg, no_text, atol=1e-4)
 
 
+def test_report_encoded_once_per_text_while_reusing(tiny_bert: Path, tokenizer) -> None:
+    model = make_tmca(tiny_bert, "plain", 2, deep_supervision=False).eval()
+    open_gates(model)
+    text, other = make_text(tokenizer, REPORTS[:1]), make_text(tokenizer, REPORTS[1:])
+    tiles = [torch.randn(1, 1, *SPATIAL[2]) for _ in range(3)]
+    calls = []
+    model.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        fresh = [model(t, text) for t in tiles]
+        assert len(calls) == 3
+        with model.reusing_report_encoding():
+            reused = [model(t, text) for t in tiles]
+            assert len(calls) == 4  # one encoding for three tiles
+            assert not torch.allclose(model(tiles[0], other), reused[0], atol=1e-4)  # another text: new encoding
+            assert len(calls) == 5
+        model(tiles[0], text)
+    assert len(calls) == 6  # cache dropped on leaving the context
+    assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
+
+
 def test_training_steps_reduce_the_loss(tiny_bert: Path, tokenizer) -> None:
     model = make_tmca(tiny_bert, "plain", 2).train()
     alignment = TargetInformedAlignmentLoss(level_weights=[1.0, 1.0, 1.0], queue_size=8)

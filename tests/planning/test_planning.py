@@ -46,6 +46,15 @@ def test_plans_text_section_and_stock_image_plans(planned_2d, nnunet_folders, ti
     assert text["direction_axes"] == {"left_right": 1, "superior_inferior": 0, "anterior_posterior": None}
     assert text["tmca"]["align_stages"] == [0, 1, 2] and len(text["tmca"]["level_weights"]) == 3
     assert "within" in text["fusion_reason"]
+    # stage 0 is narrower than fusion_dim: the estimate must size its block as the network does (capped width),
+    # i.e. below the channel term alone of an uncapped block
+    from nnunet_vl.planning.planners import _FUSION_BYTES_PER_TOKEN_CHANNEL
+
+    arch = conf["architecture"]["arch_kwargs"]
+    assert arch["features_per_stage"][0] < text["fusion_dim"]
+    tokens = np.prod(conf["patch_size"]) / np.prod(arch["strides"][0])
+    uncapped_floor = conf["batch_size"] * tokens * text["fusion_dim"] * _FUSION_BYTES_PER_TOKEN_CHANNEL / 1024 ** 2
+    assert 0 < text["fusion_vram_estimate_mb"]["stage_0"] < uncapped_floor
 
     plan_experiment_dataset(801, overwrite_plans_name="StockPlans")
     stock = _load(folder / "StockPlans.json")
