@@ -10,6 +10,11 @@ from nnunet_vl.text.contract import TextContractError
 from nnunet_vl.text.corpora import CorpusError
 from nnunet_vl.text.encoders import EncoderNotFoundError
 
+
+class CheckFailedError(ValueError):
+    """`nnunet_vl check` found errors (already listed one per line)."""
+
+
 EXPECTED_ERRORS = (TextContractError, TextCacheMissingError, CorpusError, EncoderNotFoundError, ValueError,
                    FileNotFoundError, FileExistsError)
 

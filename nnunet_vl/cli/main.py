@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from nnunet_vl.cli.errors import run_with_clear_errors
+from nnunet_vl.cli.errors import CheckFailedError, run_with_clear_errors
 
 
 def trainer_dir() -> Path:
@@ -42,7 +42,7 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from nnunet_vl.text.contract import TextContractError, TextProblem, load_dataset_text
+    from nnunet_vl.text.contract import TextProblem, load_dataset_text
     from nnunet_vl.text.encoders import DEFAULT_ENCODER, EncoderNotFoundError, load_tokenizer, resolve_encoder
 
     folder = _dataset_folder(_raw_root(args.raw), args.d)
@@ -59,7 +59,8 @@ def cmd_check(args: argparse.Namespace) -> None:
           f"{len(text.test_cases)} test cases, {len(text.label_texts)} label texts, encoder '{encoder}': "
           f"{len(errors)} error(s), {len(text.problems) - len(errors)} warning(s)")
     if errors:
-        raise TextContractError(errors)
+        raise CheckFailedError(f"{folder}: {len(errors)} text error(s), listed above with file and fix; fix them and "
+                               f"run `nnunet_vl check -d {args.d}` again")
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> None:

@@ -199,6 +199,7 @@ def _collect_label_texts(folder: Path, dataset_json: dict, label_names: list[str
                                     "see README section 'Text in dataset.json'"))
     known = {n.lower(): n for n in label_names}
     label_texts: dict[str, dict[str, str]] = {}
+    rejected: set[str] = set()  # given but invalid: already reported as an error
     for label, value in raw.items():
         name = known.get(str(label).lower())
         if name is None:
@@ -208,11 +209,13 @@ def _collect_label_texts(folder: Path, dataset_json: dict, label_names: list[str
         entry = _normalise_label_entry(name, value, where, problems)
         if entry is not None:
             label_texts[name] = entry
+        else:
+            rejected.add(name)
     for name in label_names:
         if name not in label_texts:
             # a label without text is described by its own name; the background by a generic sentence
             label_texts[name] = dict(BACKGROUND_TEXT) if name == "background" else {"definition": name.replace("_", " ")}
-            if spec is not None and name != "background":
+            if spec is not None and name != "background" and name not in rejected:
                 problems.append(TextProblem(where, f"label '{name}' has no label text; its name is used instead",
                                             "add it under label_texts", severity="warning"))
     return label_texts
@@ -238,6 +241,7 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
         dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     problems: list[TextProblem] = []
     raw_reports, where = _collect_reports(folder, dataset_json, problems)
+    unreadable = not raw_reports and any(p.severity == "error" for p in problems)  # one error says it all
     reports = _clean_reports(raw_reports, where, problems)
     train, test = dataset_case_ids(folder, dataset_json)
     known = set(train) | set(test)
@@ -250,7 +254,7 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
             problems.append(TextProblem(str(folder / "dataset.json"), "dataset has no reports",
                                         "add \"reports\": \"reports.json\" (case id -> report) to dataset.json, "
                                         "or plan with --allow-missing-reports to use label texts only"))
-    else:
+    elif not unreadable:
         for case in train:
             if case not in reports and not any(p.message.startswith(f"report of case '{case}'") for p in problems):
                 problems.append(TextProblem(where, f"training case '{case}' has no report",

@@ -39,4 +39,6 @@ def test_make_synthetic_then_check(tmp_path, tiny_bert):
     bad = nnunet_vl("check", "-d", "870", "--raw", str(raw), "--text-encoder", str(tmp_path / "no_encoder"))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "case_000" in bad.stdout and "unknown case 'nobody'" in bad.stdout and "does not exist" in bad.stdout
-    assert bad.stderr.count("ERROR:") == 3  # every error, one line each
+    assert bad.stdout.count("[error]") == 3  # every error, one line each with file and fix
+    assert bad.stderr.strip().splitlines() == [f"ERROR: {folder}: 3 text error(s), listed above with file and fix; "
+                                               "fix them and run `nnunet_vl check -d 870` again"]

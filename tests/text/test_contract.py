@@ -138,3 +138,12 @@ def test_dataset_without_reports(raw_dataset):
     text = load_dataset_text(folder)
     assert [p.message for p in text.errors] == ["dataset has no reports"]
     assert load_dataset_text(folder, require_reports=False).errors == []
+
+
+def test_unreadable_reports_file_is_one_error_not_one_per_case(raw_dataset):
+    folder = raw_dataset(reports="reports.csv", label_texts={"liver": {"colour": "red"}})
+    (folder / "reports.csv").write_bytes("case_id,report\ncase_a,l\xe9sion\n".encode("latin-1"))
+    problems = load_dataset_text(folder).problems
+    assert [p.message for p in problems if p.file.endswith("reports.csv")] == ["is not UTF-8 text (byte 23)"]
+    liver = [p for p in problems if "'liver'" in p.message]  # the invalid entry, not also "has no label text"
+    assert len(liver) == 2 and all(p.severity == "error" for p in liver)
