@@ -20,6 +20,7 @@ os.environ["nnUNet_def_n_proc"] = "1"
 os.environ["nnUNet_n_proc_DA"] = "1"
 
 import pytest
+import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 _WORDS = """
@@ -38,6 +39,16 @@ suspicious benign malignant metastasis infiltration oedema edema effusion fluid 
 gland duct artery vein chamber ventricle atrium myocardium valve septum apex base head tail body neck
 dome hilum capsule parenchyma focal diffuse patchy linear nodular lobulated spiculated ill defined well
 """.split()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (often 100x faster).
+    Modules of such tests use it with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

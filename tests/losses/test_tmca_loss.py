@@ -7,16 +7,9 @@ import torch.nn.functional as F
 
 from nnunet_vl.losses.tmca import TargetInformedAlignmentLoss, region_weights, weighted_mean
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 BATCH, CHANNELS, PROJ_DIM, SPATIAL = 4, 8, 16, (16, 16)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tensors here are tiny: one thread avoids OpenMP spin-waits when the CPU is shared (100x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_aux(seed: int, keys: list[int] | None = None) -> dict[str, torch.Tensor]:

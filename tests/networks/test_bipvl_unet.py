@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ from nnunet_vl.losses.bipvl import GlobalLocalContrastiveLoss
 from nnunet_vl.networks.bipvl_unet import BiPVLUNet
 from nnunet_vl.networks.text_branch import ProgressiveTextEncoder, masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 NUM_CLASSES = 3
 CLASS_TEXTS = ["background tissue", "the liver organ", "a round hypodense lesion"]
@@ -58,15 +59,6 @@ def open_gates(model: BiPVLUNet, value: float = 0.5) -> None:
         for name, p in model.named_parameters():
             if name.endswith("_gate"):
                 p.fill_(value)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """These tensors are tiny: on a busy machine, intra-op threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,11 @@ from nnunet_vl.networks.target_enhancement import TargetEnhancement
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.tmca_unet import TMCAUNet, report_keys
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 NUM_CLASSES = 3
 SPATIAL = {2: (32, 32), 3: (16, 16, 16)}
 REPORTS = ["round lesion in the upper left lung", "two small nodules in the lower right lobe"]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tensors here are tiny: one thread avoids OpenMP spin-waits when the CPU is shared (100x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_unet(architecture: str, dim: int, deep_supervision: bool = True) -> nn.Module:
