@@ -14,6 +14,8 @@ Nothing here writes outside the work dir and the output dir given on the command
 """
 from __future__ import annotations
 
+import argparse
+
 import contextlib
 import json
 import math
@@ -38,6 +40,19 @@ _PRESET_NUMBER = {"bipvl": 1, "light": 2, "tmca": 3}
 
 
 # ----- environment and data -------------------------------------------------------------------------------
+def benchmark_parser(description: str, outputs: str) -> argparse.ArgumentParser:
+    """The arguments cost.py and scaling.py share: folders, encoder, device, threads; `outputs` names the files."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                   help="nnU-Net raw/preprocessed/results folders go here (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help=f"where {outputs} go")
+    p.add_argument("--text-encoder", default="minilm", help="encoder alias or local directory (default: minilm)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
 def set_nnunet_env(workdir: Path) -> dict[str, Path]:
     """Point nnU-Net's folders into workdir. Must run before nnunetv2 is imported (it reads them at import)."""
     if "nnunetv2.paths" in sys.modules:

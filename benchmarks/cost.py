@@ -50,13 +50,7 @@ SMALLEST_SIZE = {2: 32, 3: 24}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR,
-                   help="nnU-Net raw/preprocessed/results folders go here (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=common.DEFAULT_RESULTS, help="where cost.json/.md go")
-    p.add_argument("--text-encoder", default="minilm", help="encoder alias or local directory (default: minilm)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p = common.benchmark_parser(__doc__.split("\n\n")[0], "cost.json/.md")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model first")
     p.add_argument("--presets", default="bipvl,light")
@@ -65,11 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infer-scale", type=float, default=1.5,
                    help="inference case = a preprocessed case tiled to this many patch sizes per axis")
     p.add_argument("--tta", action="store_true", help="also time inference with test-time mirroring as deployed")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
     p.add_argument("--profile", action="store_true", help="also break the VL training iteration down by component")
     p.add_argument("--smallest", action="store_true",
                    help="smoke-test setting: 2D, light preset, tiny images, 1 repetition")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smallest:
         args.presets, args.dims, args.repeats, args.warmup = "light", "2", 1, 1

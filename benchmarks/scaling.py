@@ -46,13 +46,7 @@ SMALLEST_SIZE = {2: 32, 3: 24}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR,
-                   help="nnU-Net raw/preprocessed/results folders go here (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=common.DEFAULT_RESULTS, help="where scaling.json/.md go")
-    p.add_argument("--text-encoder", default="minilm", help="encoder alias or local directory (default: minilm)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p = common.benchmark_parser(__doc__.split("\n\n")[0], "scaling.json/.md")
     p.add_argument("--dim", type=int, choices=(2, 3), default=3)
     p.add_argument("--preset", default="bipvl", help="preset the dataset is planned with (fusion width, heads)")
     p.add_argument("--patch-factors", default="1,1.5,2", help="patch edge multipliers (first one is the base)")
@@ -62,10 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions per model and setting (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--num-train", type=int, default=40)
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
     p.add_argument("--smallest", action="store_true",
                    help="smoke-test setting: 2D, light preset, tiny images, one value per axis, 1 repetition")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smallest:
         args.dim, args.preset, args.patch_factors, args.stages, args.lengths = 2, "light", "1", "all", "16"
