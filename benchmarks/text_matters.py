@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ METHODS = ["BiPVL", "TMCA", "BiPVL_noText", "TMCA_noText"]
 GOALS = "goals: VL with reports >= image-only + 0.25 Dice; shuffled reports >= 0.2 below own reports"
 
 
-def plot(results: dict[str, dict], out: Path) -> None:
+def plot(results: dict[str, dict], out: Path, rule: str) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5), squeeze=False)
     modes = [("report", "own report"), ("shuffled", "shuffled reports"), ("none", "no text")]
     for ax, (dim, summary) in zip(axes[0], results.items()):
@@ -41,7 +43,7 @@ def plot(results: dict[str, dict], out: Path) -> None:
                            rotation=20, ha="right")
         ax.set_ylim(0, 1)
         ax.set_ylabel("mean Dice (test cases)")
-        ax.set_title(f"{dim} synthetic text-dependent data")
+        ax.set_title(f"{dim} synthetic text-dependent data (reports name the target by {rule})")
         ax.legend()
     fig.tight_layout()
     fig.savefig(out)
@@ -55,6 +57,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument("--rule", default="position", choices=["position", "side", "size", "mixed"],
+                        help="what the reports say to pick the target; results of another rule than 'position' "
+                             "go to text_matters_RULE.*")
     parser.add_argument("--smallest", action="store_true", help="2D only, tiny data, CPU smoke budget")
     args = parser.parse_args()
     dims = [2] if args.smallest else args.dims
@@ -62,18 +67,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = {f"{dim}D": run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder,
-                                   methods=args.methods, quick=args.smallest) for dim in dims}
+                                   methods=args.methods, quick=args.smallest, rule=args.rule) for dim in dims}
     wall = time.time() - started
     machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only"
     report = {"results": results, "wall_time_s": wall, "machine": machine, "goals": GOALS,
-              "command": "python benchmarks/text_matters.py" + (" --smallest" if args.smallest else "")}
-    (out / "text_matters.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    lines = [f"Command: `{report['command']}` — {machine}, wall time {wall / 60:.0f} min. {GOALS}.", ""]
+              "rule": args.rule, "command": shlex.join(["python", "benchmarks/text_matters.py", *sys.argv[1:]])}
+    stem = "text_matters" if args.rule == "position" else f"text_matters_{args.rule}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    lines = [f"Command: `{report['command']}` — {machine}, wall time {wall / 60:.0f} min. Reports name the target "
+             f"by {args.rule}. {GOALS}.", ""]
     for dim, summary in results.items():
         lines += [f"**{dim}** ({summary['dataset']}, configuration {summary['configuration']}, budget "
                   f"`{summary['budget']}`)", "", format_table(summary["rows"]), ""]
-    (out / "text_matters.md").write_text("\n".join(lines), encoding="utf-8")
-    plot(results, out / "text_matters.png")
+    (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
+    plot(results, out / f"{stem}.png", args.rule)
     print("\n".join(lines))
 
 

@@ -48,8 +48,12 @@ def _bin(name: str) -> str:
 
 
 def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list[str] | tuple[str, ...] = ("BiPVL",),
-             quick: bool = False, num_train: int | None = None) -> dict:
-    """Run the whole job; returns and prints the Dice table (also saved as workdir/demo_results.json)."""
+             quick: bool = False, num_train: int | None = None, rule: str = "position") -> dict:
+    """Run the whole job; returns and prints the Dice table (also saved as workdir/demo_results.json).
+
+    rule: what the reports say to pick the target (see make_synthetic_dataset); an existing dataset in
+    workdir is reused as it is.
+    """
     from nnunet_vl.data.synthetic import make_synthetic_dataset
     from nnunet_vl.inference.evaluate import mean_dice
 
@@ -67,7 +71,7 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
         print(f"[{time.time() - started:6.0f}s] using existing dataset {dataset_folder}")
     else:
         sizes = {"num_train": 16, "num_test": 4} if quick else {"num_train": num_train or 200, "num_test": 40}
-        dataset_folder = make_synthetic_dataset(raw_root, dataset_id, dim=dim, seed=0, **sizes)
+        dataset_folder = make_synthetic_dataset(raw_root, dataset_id, dim=dim, seed=0, rule=rule, **sizes)
         print(f"[{time.time() - started:6.0f}s] wrote synthetic dataset {dataset_folder}")
     _run("plan and preprocess", [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c", configuration,
                                  "-np", "1", "-npfp", "1", "--text-encoder", encoder], env, log, started)

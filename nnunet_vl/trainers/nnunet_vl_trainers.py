@@ -5,6 +5,7 @@
 from nnunet_vl.training.budgets import nnUNetTrainer_cpu, nnUNetTrainer_demo  # noqa: F401
 from nnunet_vl.training.nnUNetTrainerBiPVL import (  # noqa: F401
     nnUNetTrainerBiPVL, nnUNetTrainerBiPVL_5epochs, nnUNetTrainerBiPVL_cpu, nnUNetTrainerBiPVL_demo,
+    nnUNetTrainerBiPVL_naiveMirror, nnUNetTrainerBiPVL_naiveMirror_cpu, nnUNetTrainerBiPVL_naiveMirror_demo,
     nnUNetTrainerBiPVL_noText, nnUNetTrainerBiPVL_noText_cpu, nnUNetTrainerBiPVL_noText_demo)
 from nnunet_vl.training.nnUNetTrainerTMCA import (  # noqa: F401
     nnUNetTrainerTMCA, nnUNetTrainerTMCA_5epochs, nnUNetTrainerTMCA_cpu, nnUNetTrainerTMCA_demo,

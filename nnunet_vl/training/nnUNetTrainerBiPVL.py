@@ -37,6 +37,13 @@ class nnUNetTrainerBiPVL_noText(nnUNetTrainerBiPVL):
     text_mode = "none"
 
 
+class nnUNetTrainerBiPVL_naiveMirror(nnUNetTrainerBiPVL):
+    """Ablation: mirroring flips the image but not the report's direction words, as image-only augmentation
+    would; on side-dependent reports every mirrored sample then teaches the wrong side."""
+
+    swap_words_when_mirroring = False
+
+
 class nnUNetTrainerBiPVL_5epochs(WithBudget, nnUNetTrainerBiPVL):
     budget = Budget(epochs=5, iterations_per_epoch=250, val_iterations_per_epoch=50)
 
@@ -58,4 +65,12 @@ class nnUNetTrainerBiPVL_noText_cpu(WithBudget, nnUNetTrainerBiPVL_noText):
 
 
 class nnUNetTrainerBiPVL_noText_demo(WithBudget, nnUNetTrainerBiPVL_noText):
+    budget = DEMO
+
+
+class nnUNetTrainerBiPVL_naiveMirror_cpu(WithBudget, nnUNetTrainerBiPVL_naiveMirror):
+    budget = CPU_SMOKE
+
+
+class nnUNetTrainerBiPVL_naiveMirror_demo(WithBudget, nnUNetTrainerBiPVL_naiveMirror):
     budget = DEMO

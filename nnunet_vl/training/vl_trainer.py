@@ -70,6 +70,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
 
     method: str = ""
     text_mode: str = "report"  # the _noText ablations train (and predict) with empty reports
+    swap_words_when_mirroring: bool = True  # the _naiveMirror ablations mirror images but leave the words
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -175,9 +176,13 @@ class nnUNetTrainerVL(nnUNetTrainer):
                     t[i] = torch.flip(t[i], dims)
         return flips
 
+    def training_text(self, keys: list[str], flips: list[tuple[int, ...]]) -> TextInputs:
+        """The batch's text after `_mirror`: direction words swapped where their axis was flipped."""
+        return self.text_provider.inputs(keys, flips if self.swap_words_when_mirroring else None, self.text_mode)
+
     def train_step(self, batch: dict) -> dict:
         flips = self._mirror(batch)
-        text = self.text_provider.inputs(list(batch["keys"]), flips, self.text_mode).to(self.device)
+        text = self.training_text(list(batch["keys"]), flips).to(self.device)
         with self._text_bound(text, text_loss=True) as terms:
             result = super().train_step(batch)
         result.update({k: v.detach().float().cpu().numpy() for k, v in terms.items() if k != "total"})

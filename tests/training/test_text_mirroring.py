@@ -40,7 +40,7 @@ def test_report_words_swap_exactly_when_their_axis_flips(trainer):
     batch = {"data": data.clone(), "target": [t.clone() for t in target], "keys": cases}
     flips = trainer._mirror(batch)
     assert any(1 in f for f in flips) and any(1 not in f for f in flips)  # both cases occur with this seed
-    text = provider.inputs(cases, flips)
+    text = trainer.training_text(cases, flips)
     tokenizer = provider.tokenizer.tokenizer
     for i, (case, axes) in enumerate(zip(cases, flips)):
         dims = [a + 1 for a in axes]
@@ -76,3 +76,14 @@ def test_prediction_leaves_out_axes_the_report_names(trainer):
     predictor.text_mode = "none"
     predictor.select_case("both")
     assert predictor.allowed_mirroring_axes == (0, 1)
+
+
+def test_naive_mirror_ablation_keeps_the_words(trainer, monkeypatch):
+    provider = trainer.text_provider
+    cases = [c for c, r in sorted(provider.reports.items()) if "left" in r.lower() or "right" in r.lower()][:4]
+    flips = [(1,)] * len(cases)  # every sample mirrored left-right
+    swapped = trainer.training_text(cases, flips)
+    monkeypatch.setattr(trainer, "swap_words_when_mirroring", False)
+    naive = trainer.training_text(cases, flips)
+    assert torch.equal(naive.report_ids, provider.inputs(cases).report_ids)  # the words as written
+    assert not torch.equal(naive.report_ids, swapped.report_ids)
