@@ -6,7 +6,8 @@ with `plan_and_preprocess_vl(..., preset=...)`; then the real trainers `nnUNetTr
 and `nnUNetTrainerTMCA` are built from those same plans and measured:
 
 - training iteration: the trainer's own `train_step` (nnU-Net's DC+CE deep-supervision loss for every model;
-  VL: + text-aware mirroring, report tokens, text loss; backward, gradient clipping, SGD step) on one real batch
+  VL: + text-aware mirroring, report tokens, text loss; backward, gradient clipping, the optimizer step of each
+  trainer: SGD for nnUNetTrainer, AdamW for the VL trainers) on one real batch
   of the planned batch and patch size from nnU-Net's data loader (augmentation left out: it runs in nnU-Net's
   background workers);
 - sliding-window inference per case: `predict_sliding_window_return_logits` of nnU-Net's predictor (image-only)
