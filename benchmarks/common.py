@@ -15,7 +15,6 @@ Nothing here writes outside the work dir and the output dir given on the command
 from __future__ import annotations
 
 import argparse
-
 import contextlib
 import json
 import math

@@ -26,6 +26,7 @@ from torch import nn
 
 from nnunet_vl.networks.fusion import fusion_width
 from nnunet_vl.networks.target_enhancement import TargetEnhancement
+from nnunet_vl.networks.text_branch import masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
 
@@ -43,12 +44,6 @@ def report_keys(report_ids: torch.Tensor, report_mask: torch.Tensor) -> torch.Te
         [pow(31, position, _KEY_MODULUS) for position in range(report_ids.shape[1])], device=report_ids.device
     )
     return ((report_ids.long() + 1) * report_mask.long() * coefficients).sum(dim=1)
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) tokens, (B, L) mask → (B, D) mean over real tokens."""
-    weights = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 class TMCAUNet(nn.Module):
