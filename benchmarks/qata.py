@@ -8,7 +8,7 @@ Every step is the command a user would type, with nnU-Net's folders pointed into
 steps (conversion, planning, trained checkpoints) are reused on a re-run, interrupted training resumes (--c).
 Writes <out>/qata.json, qata.md (table with the published rows, clearly labelled) and qata_cases.png.
 
-    python benchmarks/qata.py                                   # 1200 train / 300 val, demo budget (hours on CPU)
+    python benchmarks/qata.py --batch-size 4 --disable-tta     # 1200 train / 300 val, demo budget (~1.5 h on 2 cores)
     python benchmarks/qata.py --budget cpu --max-val 20         # plumbing check on the real subset
     python benchmarks/qata.py --smallest                        # 12 train / 4 val copied from --src, cpu budget
 """
@@ -149,17 +149,34 @@ class StepTimes:
         self.path.write_text(json.dumps(self.steps, indent=1) + "\n", encoding="utf-8")
 
 
-def train(trainers: list[str], results: Path, env: dict, log: Path, started: float, times: StepTimes) -> None:
+def plans_with_batch_size(preprocessed: Path, plans: dict, batch_size: int | None, started: float) -> str:
+    """The plans identifier to train with: nnUNetPlans, or a copy with another batch size (as nnU-Net's docs suggest
+    for changing the batch size: same data identifier, so the preprocessed data is shared)."""
+    if batch_size is None or batch_size == plans["configurations"][CONFIGURATION]["batch_size"]:
+        return "nnUNetPlans"
+    identifier = f"nnUNetPlans_bs{batch_size}"
+    variant = json.loads(json.dumps(plans))
+    variant["plans_name"] = identifier
+    variant["configurations"][CONFIGURATION]["batch_size"] = batch_size
+    target = preprocessed / f"{identifier}.json"
+    if not target.is_file() or json.loads(target.read_text()) != variant:
+        _say(started, f"writing {target} (nnUNetPlans with batch size {batch_size})")
+        target.write_text(json.dumps(variant, indent=1) + "\n", encoding="utf-8")
+    return identifier
+
+
+def train(trainers: list[str], plans_id: str, results: Path, env: dict, log: Path, started: float,
+          times: StepTimes) -> None:
     """nnUNetv2_train each trainer on fold 0 (skip when finished, --c when interrupted)."""
     for trainer in trainers:
-        fold_dir = results / f"{trainer}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
+        fold_dir = results / f"{trainer}__{plans_id}__{CONFIGURATION}" / "fold_0"
         if (fold_dir / "checkpoint_final.pth").is_file():
             _say(started, f"{trainer}: already trained")
             continue
         resume = ["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []
         t0 = time.time()
         _run(f"train {trainer}", [_bin("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer,
-                                  "-device", "cpu", *resume], env, log, started)
+                                  "-p", plans_id, "-device", "cpu", *resume], env, log, started)
         times.record(f"train {trainer}", time.time() - t0, add=bool(resume))
 
 
@@ -188,9 +205,9 @@ def score(labels: Path, predictions: Path, dataset_folder: Path) -> dict:
             "n_cases": len(per_case), "per_case_dice": per_case}
 
 
-def trainer_validation_dice(results: Path, trainer: str) -> float | None:
+def trainer_validation_dice(results: Path, trainer: str, plans_id: str) -> float | None:
     """Mean Dice of nnU-Net's own final validation (all fold-0 val cases), written by nnUNetv2_train."""
-    summary = results / f"{trainer}__nnUNetPlans__{CONFIGURATION}" / "fold_0" / "validation" / "summary.json"
+    summary = results / f"{trainer}__{plans_id}__{CONFIGURATION}" / "fold_0" / "validation" / "summary.json"
     if not summary.is_file():
         return None
     return float(json.loads(summary.read_text())["foreground_mean"]["Dice"])
@@ -198,7 +215,7 @@ def trainer_validation_dice(results: Path, trainer: str) -> float | None:
 
 # ----- the run --------------------------------------------------------------------------------------------------
 def run_benchmark(src: Path, workdir: Path, budget: str, methods: list[str], encoder: str,
-                  max_val: int | None) -> dict:
+                  max_val: int | None, batch_size: int | None = None, tta: bool = True) -> dict:
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
     env = demo_environment(workdir)
@@ -218,16 +235,17 @@ def run_benchmark(src: Path, workdir: Path, budget: str, methods: list[str], enc
     if planned:
         times.record("plan and preprocess", time.time() - t0)
     fold0 = ensure_splits(dataset_folder, preprocessed, started)
+    plans_id = plans_with_batch_size(preprocessed, plans, batch_size, started)
 
     trainers = [f"nnUNetTrainer_{budget}"] + [f"nnUNetTrainer{m}_{budget}" for m in methods]
-    train(trainers, results, env, log, started, times)
+    train(trainers, plans_id, results, env, log, started, times)
 
     ending = json.loads((dataset_folder / "dataset.json").read_text())["file_ending"]
     val_cases = fold0["val"][:max_val] if max_val else list(fold0["val"])
     images, labels = validation_folders(dataset_folder, val_cases, workdir, ending)
     _say(started, f"predicting {len(val_cases)} of {len(fold0['val'])} validation cases ({images})")
     common = ["-i", str(images), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-f", "0", "-device", "cpu",
-              "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+              "-p", plans_id, "-npp", "1", "-nps", "1", "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
     predictions = workdir / "predictions"
     rows: list[dict] = []
     t0 = time.time()
@@ -250,9 +268,11 @@ def run_benchmark(src: Path, workdir: Path, budget: str, methods: list[str], enc
         "dataset": dataset_folder.name, "source": str(src), "configuration": CONFIGURATION,
         "data": {"train": len(fold0["train"]), "val": len(fold0["val"]), "val_evaluated": len(val_cases)},
         "budget": {"name": budget, "epochs": budget_obj.epochs, "iterations_per_epoch": budget_obj.iterations_per_epoch,
-                   "batch_size": config["batch_size"], "patch_size": config["patch_size"]},
+                   "batch_size": batch_size or config["batch_size"], "planned_batch_size": config["batch_size"],
+                   "plans": plans_id, "patch_size": config["patch_size"]},
+        "test_time_mirroring": tta,
         "text_encoder": encoder, "methods": methods, "trainers": trainers, "rows": rows,
-        "trainer_final_validation_dice": {t: trainer_validation_dice(results, t) for t in trainers},
+        "trainer_final_validation_dice": {t: trainer_validation_dice(results, t, plans_id) for t in trainers},
         "goals": goal_check(rows), "wall_time_s": wall, "log": str(log),
         "step_seconds": {**{k: v for k, v in times.steps.items()
                             if not k.startswith("train ") or k[len("train "):] in trainers},
@@ -305,8 +325,12 @@ def markdown(summary: dict, machine: dict, command: str) -> str:
         f"valid, scored on {data['val_evaluated']} validation image(s). Every model gets the same budget "
         f"`{budget['name']}`: "
         f"{budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations x batch {budget['batch_size']} "
-        f"(patch {'x'.join(map(str, budget['patch_size']))}) = {samples} training samples. Text encoder "
-        f"`{summary['text_encoder']}`. Dice and IoU: nnU-Net's evaluation, infection class, mean over images, in %.",
+        f"(patch {'x'.join(map(str, budget['patch_size']))}) = {samples} training samples"
+        + (f" (plans `{budget['plans']}`: nnUNetPlans with the planned batch {budget['planned_batch_size']} changed "
+           f"to {budget['batch_size']})" if budget.get("plans", "nnUNetPlans") != "nnUNetPlans" else "")
+        + f". Text encoder `{summary['text_encoder']}`. Predictions "
+        + ("with" if summary.get("test_time_mirroring", True) else "without")
+        + " test-time mirroring. Dice and IoU: nnU-Net's evaluation, infection class, mean over images, in %.",
         "",
         "Published rows: Dice on the full QaTa-COV19 test set (2113 images) after training on all 5716 training "
         "images on a GPU with each paper's protocol — for orientation only, not comparable with our rows.",
@@ -411,12 +435,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["BiPVL", "TMCA"], help="VL trainer families")
     parser.add_argument("--text-encoder", default="minilm")
     parser.add_argument("--max-val", type=int, default=None, help="predict only the first N validation cases")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="train with a copy of the plans at this batch size (nnUNetPlans_bsN); default: as planned")
+    parser.add_argument("--disable-tta", action="store_true",
+                        help="predict without test-time mirroring (all rows alike; the VL predictor otherwise skips "
+                             "mirroring along axes a report names, so image-only and VL rows would differ in TTA)")
     parser.add_argument("--smallest", action="store_true",
                         help=f"{SMALLEST_SIZES['train']} train + {SMALLEST_SIZES['valid']} valid images copied from "
                              f"--src, cpu budget")
     args = parser.parse_args(argv)
     if args.max_val is not None and args.max_val < 1:
         parser.error("--max-val must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     command = "python benchmarks/qata.py " + " ".join(argv if argv is not None else sys.argv[1:])
     workdir = Path(args.workdir or (DEFAULT_WORKDIR_SMALLEST if args.smallest else DEFAULT_WORKDIR)).resolve()
     src = Path(args.src).expanduser().resolve()
@@ -429,7 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     from common import machine_info
 
     machine = machine_info("cpu")
-    summary = run_benchmark(src, workdir, budget, args.methods, args.text_encoder, args.max_val)
+    summary = run_benchmark(src, workdir, budget, args.methods, args.text_encoder, args.max_val, args.batch_size,
+                            not args.disable_tta)
     dataset_folder = Path(os.environ["nnUNet_raw"]) / summary["dataset"]
     figure(summary, dataset_folder, out / "qata_cases.png")
     report = {**summary, "machine": machine, "command": command.strip(),

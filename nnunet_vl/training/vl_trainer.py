@@ -111,7 +111,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
             self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"))
         self.text_loss = self.build_text_loss().to(self.device)
         self.print_to_log_file(f"Text branch: {self.method}, encoder '{self.text_plan['encoder']}', fusion "
-                               f"{self.text_plan['fusion_reason']}; mirror axes with text swap {self.text_mirror_axes}")
+                               f"{self.text_plan['fusion_reason']}")
 
     def configure_optimizers(self):
         """AdamW (as BiPVL-Seg trains, and as nnU-Net's nnUNetTrainerAdam) with nnU-Net's poly schedule.
@@ -139,6 +139,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
         rotation = (max(rotation[0], -limit), min(rotation[1], limit))
         # mirroring moves from the augmentation workers into train_step, where the report can follow it
         self.text_mirror_axes = tuple(mirror_axes or ())
+        self.print_to_log_file(f"mirroring axes {self.text_mirror_axes} in train_step, report direction words "
+                               f"{'swapped with them' if self.swap_words_when_mirroring else 'NOT swapped (ablation)'}")
         return rotation, dummy_2d, initial_patch_size, None
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:

@@ -75,7 +75,7 @@ def test_qata_benchmark_smoke(tmp_path: Path, tiny_bert: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qata.py"), "--src", str(src), "--budget",
                              "cpu", "--methods", "BiPVL", "--text-encoder", str(tiny_bert), "--workdir",
-                             str(tmp_path / "work"), "--out", str(out)],
+                             str(tmp_path / "work"), "--out", str(out), "--batch-size", "3", "--disable-tta"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -83,6 +83,14 @@ def test_qata_benchmark_smoke(tmp_path: Path, tiny_bert: Path) -> None:
     assert {"rows", "data", "budget", "published", "goals", "wall_time_s", "machine", "command"} <= set(report)
     assert report["data"] == {"train": 12, "val": 4, "val_evaluated": 4}
     assert report["budget"]["name"] == "cpu"
+    # trained on a copy of the plans at batch 3 (not the planned batch), predicted without test-time mirroring
+    assert report["budget"]["batch_size"] == 3 and report["budget"]["planned_batch_size"] != 3
+    assert report["budget"]["plans"] == "nnUNetPlans_bs3" and report["test_time_mirroring"] is False
+    results = tmp_path / "work" / "results" / report["dataset"]
+    assert {p.name for p in results.iterdir()} == {"nnUNetTrainer_cpu__nnUNetPlans_bs3__2d",
+                                                   "nnUNetTrainerBiPVL_cpu__nnUNetPlans_bs3__2d"}
+    trained_plans = json.loads((results / "nnUNetTrainerBiPVL_cpu__nnUNetPlans_bs3__2d" / "plans.json").read_text())
+    assert trained_plans["configurations"]["2d"]["batch_size"] == 3
     modes = {(r["trainer"], r["text_mode"]) for r in report["rows"]}
     assert modes == {("nnUNetTrainer_cpu", "image")} | {("nnUNetTrainerBiPVL_cpu", m)
                                                          for m in ("report", "shuffled", "none")}
@@ -94,4 +102,5 @@ def test_qata_benchmark_smoke(tmp_path: Path, tiny_bert: Path) -> None:
     md = (out / "qata.md").read_text()
     assert "| model | text at prediction | Dice (%) | IoU (%) | setting |" in md
     assert "published, full data (5716 train), GPU, their test set" in md
+    assert "changed to 3" in md and "without test-time mirroring" in md
     assert (out / "qata_cases.png").stat().st_size > 10_000
