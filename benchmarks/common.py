@@ -52,11 +52,14 @@ def benchmark_parser(description: str, outputs: str) -> argparse.ArgumentParser:
     return p
 
 
-def set_nnunet_env(workdir: Path) -> dict[str, Path]:
-    """Point nnU-Net's folders into workdir. Must run before nnunetv2 is imported (it reads them at import)."""
+def set_nnunet_env(workdir: Path, preprocessed: Path | None = None) -> dict[str, Path]:
+    """Point nnU-Net's folders into workdir (nnUNet_preprocessed to `preprocessed` when given: an already planned
+    dataset is read there, nothing is written to it). Must run before nnunetv2 is imported (it reads them at import)."""
     if "nnunetv2.paths" in sys.modules:
         raise RuntimeError("set_nnunet_env must be called before nnunetv2 is imported")
     folders = {var: Path(workdir) / var for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    if preprocessed is not None:
+        folders["nnUNet_preprocessed"] = Path(preprocessed)
     for var, folder in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(folder)
@@ -104,12 +107,16 @@ def prepare_dataset(dim: int, preset: str, text_encoder: str, num_train: int, si
     return did, configuration
 
 
-def load_plans(did: int) -> tuple[dict, dict]:
+def load_plans(did: int, plans_identifier: str = "nnUNetPlans") -> tuple[dict, dict]:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     folder = Path(nnUNet_preprocessed) / convert_id_to_dataset_name(did)
-    return (json.loads((folder / "nnUNetPlans.json").read_text()), json.loads((folder / "dataset.json").read_text()))
+    plans_file = folder / f"{plans_identifier}.json"
+    if not plans_file.is_file():
+        raise SystemExit(f"{plans_file} does not exist: plan the dataset first (nnUNetv2_plan_and_preprocess_vl) or "
+                         f"pass the plans identifier that exists there")
+    return json.loads(plans_file.read_text()), json.loads((folder / "dataset.json").read_text())
 
 
 # ----- trainers, batches, predictors ------------------------------------------------------------------------

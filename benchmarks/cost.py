@@ -29,14 +29,17 @@ attributed to the component whose forward op created it).
     python benchmarks/cost.py                       # full run: 2 presets x 2D/3D x 3 models
     python benchmarks/cost.py --threads 1 --profile  # steadier on a shared CPU, plus the breakdown
     python benchmarks/cost.py --smallest --workdir /tmp/w --out /tmp/o --text-encoder DIR   # smoke test
+    python benchmarks/cost.py --dataset 980 --plans nnUNetPlans_bs8 --preprocessed DIR   # a planned real dataset
 
-Writes OUT/cost.json and OUT/cost.md (OUT defaults to benchmarks/results) and prints the table.
+Writes OUT/cost.json and OUT/cost.md (with --dataset: OUT/cost_<dataset name>.json/.md; OUT defaults to
+benchmarks/results) and prints the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,7 +66,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also break the VL training iteration down by component")
     p.add_argument("--smallest", action="store_true",
                    help="smoke-test setting: 2D, light preset, tiny images, 1 repetition")
+    p.add_argument("--dataset", type=int, default=None,
+                   help="measure on this already planned dataset (id) instead of the synthetic ones; its text "
+                        "preset is the one it was planned with (--presets, --dims, --num-train do not apply)")
+    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier with --dataset (default: %(default)s)")
+    p.add_argument("-c", "--configuration", default="2d", help="configuration with --dataset (default: %(default)s)")
+    p.add_argument("--preprocessed", type=Path, default=None,
+                   help="nnUNet_preprocessed folder holding --dataset (default: the nnUNet_preprocessed env var)")
     args = p.parse_args(argv)
+    if args.dataset is not None:
+        args.preprocessed = args.preprocessed or (Path(os.environ["nnUNet_preprocessed"])
+                                                  if os.environ.get("nnUNet_preprocessed") else None)
+        if args.preprocessed is None or not args.preprocessed.is_dir():
+            p.error("--dataset needs the nnUNet_preprocessed folder holding it: pass --preprocessed DIR or set "
+                    "nnUNet_preprocessed")
     if args.smallest:
         args.presets, args.dims, args.repeats, args.warmup = "light", "2", 1, 1
         args.num_train, args.infer_scale = min(args.num_train, 8), 1.0
@@ -114,7 +130,7 @@ def _interleaved(fns: dict, device: str, warmup: int, repeats: int) -> dict[str,
 
 def measure_time(spec: dict) -> tuple[dict, dict, dict]:
     """Training and inference times of all models, interleaved; also returns the trainers and the batch."""
-    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    plans, dataset_json = common.load_plans(spec["dataset_id"], spec["plans"])
     device, models = spec["device"], spec["models"]
     trainers = {m: common.make_trainer(m, plans, dataset_json, spec["configuration"], device) for m in models}
     batch = common.real_batch(trainers[models[0]], seed=0)
@@ -159,7 +175,7 @@ def measure_memory(spec: dict, model: str) -> dict:
     import torch
 
     device = spec["device"]
-    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    plans, dataset_json = common.load_plans(spec["dataset_id"], spec["plans"])
     _warm_up_process(spec, plans, dataset_json)
     memory = common.PeakMemory(device)
     memory.reset()
@@ -351,7 +367,7 @@ def worker(spec: dict) -> dict:
 
 def run_as_worker(spec_json: str) -> None:
     spec = json.loads(spec_json)
-    common.set_nnunet_env(Path(spec["workdir"]))
+    common.set_nnunet_env(Path(spec["workdir"]), spec["preprocessed"] and Path(spec["preprocessed"]))
     common.write_result(spec, worker(spec))
 
 
@@ -402,6 +418,9 @@ def markdown(payload: dict) -> str:
     lines = [
         "# Cost of the VL trainers relative to image-only nnUNetTrainer",
         "",
+        *([f"Dataset `{payload['runs'][0]['dataset']}`, plans `{payload['runs'][0]['plans']}`, configuration "
+           f"`{payload['runs'][0]['configuration']}` (text preset it was planned with: "
+           f"`{payload['runs'][0]['preset']}`).", ""] if "dataset" in payload["runs"][0] else []),
         f"Medians of {payload['settings']['repeats']} repetitions after {payload['settings']['warmup']} warm-up "
         f"iterations, models interleaved; device `{m['device']}`, {m['torch_threads']} torch thread(s) on "
         f"{m['cpu_count']} CPUs, load average at start {m.get('load_average_at_start')}; text encoder "
@@ -443,48 +462,70 @@ def markdown_table_raw(header, rows) -> str:
     return common.markdown_table(header, [[str(v) for v in row] for row in rows])
 
 
+def settings_to_measure(args: argparse.Namespace) -> list[tuple[dict, int, str, str]]:
+    """(setting, dataset id, configuration, plans identifier) of every run: the synthetic dataset of each preset x
+    dimension (made and planned here), or the one planned dataset given with --dataset."""
+    if args.dataset is not None:
+        from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+        plans, _ = common.load_plans(args.dataset, args.plans)
+        config = plans["configurations"].get(args.configuration)
+        if config is None or "text" not in config:
+            raise SystemExit(f"{args.preprocessed}: configuration '{args.configuration}' of plans '{args.plans}' "
+                             f"{'does not exist' if config is None else 'has no text section'}. Fix: plan it with "
+                             f"nnUNetv2_plan_and_preprocess_vl -d {args.dataset} -c {args.configuration}")
+        dim = len(config["patch_size"])
+        setting = {"preset": config["text"]["preset"], "dim": dim, "dataset": convert_id_to_dataset_name(args.dataset),
+                   "plans": args.plans}
+        return [(setting, args.dataset, args.configuration, args.plans)]
+    runs = []
+    for preset in [p for p in args.presets.split(",") if p]:
+        for dim in [int(d) for d in args.dims.split(",") if d]:
+            did, configuration = common.prepare_dataset(dim, preset, args.text_encoder, args.num_train,
+                                                        args.sizes[dim], log=lambda s: print(s, flush=True))
+            runs.append(({"preset": preset, "dim": dim}, did, configuration, "nnUNetPlans"))
+    return runs
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         run_as_worker(args.worker)
         return 0
-    common.set_nnunet_env(args.workdir)
-    presets = [p for p in args.presets.split(",") if p]
-    dims = [int(d) for d in args.dims.split(",") if d]
+    common.set_nnunet_env(args.workdir, args.preprocessed)
     started = time.time()
     machine = common.machine_info(args.device)  # load average at the start
     if args.threads:
         machine["torch_threads"] = args.threads  # what the workers use
     base = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads,
             "repeats": args.repeats, "warmup": args.warmup, "infer_scale": args.infer_scale, "tta": args.tta,
-            "profile": args.profile}
+            "profile": args.profile, "preprocessed": args.preprocessed and str(args.preprocessed)}
     rows, runs, profiles, memory_method = [], [], [], ""
-    for preset in presets:
-        for dim in dims:
-            did, configuration = common.prepare_dataset(dim, preset, args.text_encoder, args.num_train,
-                                                        args.sizes[dim], log=lambda s: print(s, flush=True))
-            setting = {"preset": preset, "dim": dim}
-            spec = dict(base, dataset_id=did, configuration=configuration, models=list(common.MODELS))
-            print(f"[{time.time() - started:6.0f}s] {preset} {dim}D: memory (a child process per model), "
-                  f"timing{', profile' if args.profile else ''}", flush=True)
-            result = common.run_worker(SCRIPT, dict(spec, name=f"{preset} {dim}D"),
-                                       args.workdir / "worker_results" / f"cost_{preset}_{dim}d.json")
-            timing, memory = result["timing"], result["memory"]
-            memory_method = memory["image"]["method"] + ", " + memory["image"]["process"]
-            profiles += [dict(setting, model=m, **p) for m, p in result["profile"].items()]
-            runs.append(dict(setting, dataset_id=did, configuration=configuration, timing=timing, memory=memory,
-                             **{k: timing[k] for k in ("patch_size", "batch_size", "parameters", "tiles",
-                                                       "inference_input_shape")}))
-            rows += summarise(setting, timing, memory)
+    for setting, did, configuration, plans_id in settings_to_measure(args):
+        spec = dict(base, dataset_id=did, configuration=configuration, plans=plans_id, models=list(common.MODELS))
+        name = f"{setting['preset']} {setting['dim']}D"
+        print(f"[{time.time() - started:6.0f}s] {name}: memory (a child process per model), "
+              f"timing{', profile' if args.profile else ''}", flush=True)
+        result = common.run_worker(SCRIPT, dict(spec, name=name), args.workdir / "worker_results"
+                                   / f"cost_{setting.get('dataset', setting['preset'])}_{setting['dim']}d.json")
+        timing, memory = result["timing"], result["memory"]
+        memory_method = memory["image"]["method"] + ", " + memory["image"]["process"]
+        profiles += [dict(setting, model=m, **p) for m, p in result["profile"].items()]
+        runs.append(dict(setting, dataset_id=did, configuration=configuration, timing=timing, memory=memory,
+                         **{k: timing[k] for k in ("patch_size", "batch_size", "parameters", "tiles",
+                                                   "inference_input_shape")}))
+        rows += summarise(setting, timing, memory)
     settings = {k: v for k, v in vars(args).items() if k not in ("worker", "sizes")}
-    settings.update(workdir=str(args.workdir), out=str(args.out), sizes={str(k): v for k, v in args.sizes.items()})
+    settings.update(workdir=str(args.workdir), out=str(args.out), sizes={str(k): v for k, v in args.sizes.items()},
+                    preprocessed=args.preprocessed and str(args.preprocessed))
     payload = {"goals": GOALS, "settings": settings, "machine": machine,
                "memory_method": memory_method, "rows": rows, "runs": runs, "profile": profiles,
                "settings_per_run": [{k: r[k] for k in ("preset", "dim", "patch_size", "batch_size", "parameters",
                                                        "tiles", "inference_input_shape")} for r in runs],
                "elapsed_s": time.time() - started}
     text = markdown(payload)
-    json_path, md_path = common.save_outputs(args.out, "cost", payload, text)
+    stem = "cost" if args.dataset is None else f"cost_{runs[0]['dataset']}"
+    json_path, md_path = common.save_outputs(args.out, stem, payload, text)
     print(text)
     print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
     return 0

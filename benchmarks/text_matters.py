@@ -6,6 +6,8 @@ benchmarks/results/text_matters.{json,md,png}.
 
     python benchmarks/text_matters.py                 # 2D and 3D, demo budget (CPU: about an hour)
     python benchmarks/text_matters.py --smallest      # smoke run: 2D, tiny data, 2 x 5 iterations
+
+Results of dimensions not run now are kept from the existing JSON, so `--dims 3` adds 3D beside an earlier 2D run.
 """
 from __future__ import annotations
 
@@ -50,6 +52,22 @@ def plot(results: dict[str, dict], out: Path, rule: str) -> None:
     plt.close(fig)
 
 
+def earlier_results(path: Path, rule: str, keep: set[str]) -> dict[str, dict]:
+    """Results of the dimensions in `keep` from an earlier run's JSON (same rule), each with its command."""
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if report.get("rule", "position") != rule:
+        return {}
+    kept = {}
+    for dim, summary in report["results"].items():
+        if dim in keep:
+            # files written before results carried their own command kept it (and a note) at the top level
+            kept[dim] = {"command": report.get("command"), **({"note": report["note"]} if "note" in report else {}),
+                         **summary}
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="benchmarks/results/work_text_matters")
@@ -65,20 +83,27 @@ def main() -> None:
     dims = [2] if args.smallest else args.dims
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    results = {f"{dim}D": run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder,
-                                   methods=args.methods, quick=args.smallest, rule=args.rule) for dim in dims}
-    wall = time.time() - started
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only"
-    report = {"results": results, "wall_time_s": wall, "machine": machine, "goals": GOALS,
-              "rule": args.rule, "command": shlex.join(["python", "benchmarks/text_matters.py", *sys.argv[1:]])}
     stem = "text_matters" if args.rule == "position" else f"text_matters_{args.rule}"
+    command = shlex.join(["python", "benchmarks/text_matters.py", *sys.argv[1:]])
+    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only"
+    started = time.time()
+    results = {}
+    for dim in dims:
+        summary = run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder, methods=args.methods,
+                           quick=args.smallest, rule=args.rule)
+        results[f"{dim}D"] = {"command": command, "machine": machine, **summary}
+    wall = time.time() - started
+    kept = earlier_results(out / f"{stem}.json", args.rule, {"2D", "3D"} - set(results))
+    results = dict(sorted({**kept, **results}.items()))
+    report = {"results": results, "wall_time_s": wall, "machine": machine, "goals": GOALS, "rule": args.rule,
+              "command": command}
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    lines = [f"Command: `{report['command']}` — {machine}, wall time {wall / 60:.0f} min. Reports name the target "
-             f"by {args.rule}. {GOALS}.", ""]
+    lines = [f"Reports name the target by {args.rule}. {GOALS}.", ""]
     for dim, summary in results.items():
+        note = f" ({summary['note']})" if summary.get("note") else ""
         lines += [f"**{dim}** ({summary['dataset']}, configuration {summary['configuration']}, budget "
-                  f"`{summary['budget']}`)", "", format_table(summary["rows"]), ""]
+                  f"`{summary['budget']}`) — command `{summary['command']}`, {summary.get('machine', machine)}, "
+                  f"{summary['wall_time_s'] / 60:.0f} min{note}", "", format_table(summary["rows"]), ""]
     (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
     plot(results, out / f"{stem}.png", args.rule)
     print("\n".join(lines))

@@ -69,3 +69,23 @@ def test_scaling_smallest(bench_dirs, tiny_bert):
             assert math.isfinite(row[key]), (row["axis"], key, row[key])
         assert row["report_tokens"] == 16 and row["fusion_stages"] == list(range(payload["n_stages"]))
         assert row["planner_actual_widths_mb"] <= row["planner_mb"]  # blocks are at most fusion_dim wide
+
+
+def test_cost_on_a_planned_dataset(bench_dirs, tiny_bert):
+    """--dataset measures an existing planned dataset (here the one test_cost_smallest planned) with its own plans."""
+    preprocessed = bench_dirs["work"] / "nnUNet_preprocessed"
+    dataset = next(preprocessed.glob("Dataset*_Bench2Dlight"))
+    did = int(dataset.name[len("Dataset"):].split("_")[0])
+    cmd = [sys.executable, str(REPO / "benchmarks" / "cost.py"), "--dataset", str(did), "--preprocessed",
+           str(preprocessed), "--repeats", "1", "--warmup", "1", "--infer-scale", "1", "--threads", "1",
+           "--workdir", str(bench_dirs["work"] / "on_dataset"), "--out", str(bench_dirs["out"]),
+           "--text-encoder", str(tiny_bert)]
+    missing = subprocess.run(cmd + ["--plans", "nnUNetPlans_missing"], capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "nnUNetPlans_missing.json does not exist" in missing.stderr
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    payload = json.loads((bench_dirs["out"] / f"cost_{dataset.name}.json").read_text())
+    assert sorted(r["model"] for r in payload["rows"]) == ["bipvl", "tmca"]
+    assert all((r["preset"], r["dim"], r["dataset"], r["plans"]) == ("light", 2, dataset.name, "nnUNetPlans")
+               and _positive(r["train_ratio"]) and _positive(r["train_memory_ratio"]) for r in payload["rows"])
+    assert f"Dataset `{dataset.name}`, plans `nnUNetPlans`" in (bench_dirs["out"] / f"cost_{dataset.name}.md").read_text()

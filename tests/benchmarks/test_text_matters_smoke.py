@@ -13,6 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_text_matters_smallest(tmp_path, tiny_bert):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # an earlier 3D run in the old file format (command at the top level): kept beside the new 2D results
+    earlier_3d = {"rows": {"nnUNetTrainer (image only)": {"report": 0.5}}, "wall_time_s": 60.0,
+                  "dataset": "Dataset991_SynthVL3D", "configuration": "3d_fullres", "budget": "demo"}
+    (tmp_path / "text_matters.json").write_text(json.dumps(
+        {"results": {"2D": {"rows": {}}, "3D": earlier_3d}, "rule": "position", "command": "python earlier 3d"}))
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "text_matters.py"), "--smallest",
                              "--methods", "BiPVL", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path),
                              "--text-encoder", str(tiny_bert)], capture_output=True, text=True, env=env)
@@ -24,4 +29,8 @@ def test_text_matters_smallest(tmp_path, tiny_bert):
         assert all(0.0 <= v <= 1.0 and not math.isnan(v) for v in row.values())
     assert set(rows["nnUNetTrainerBiPVL_cpu"]) == {"report", "shuffled", "none"}
     assert (tmp_path / "text_matters.png").stat().st_size > 0
-    assert "| model | with report |" in (tmp_path / "text_matters.md").read_text()
+    md = (tmp_path / "text_matters.md").read_text()
+    assert "| model | with report |" in md
+    assert report["results"]["3D"] == {"command": "python earlier 3d", **earlier_3d}
+    assert list(report["results"]) == ["2D", "3D"] and "--smallest" in report["results"]["2D"]["command"]
+    assert md.index("**2D**") < md.index("**3D**") and "command `python earlier 3d`" in md
