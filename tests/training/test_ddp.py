@@ -51,8 +51,11 @@ def _worker(rank: int, method: str, plans_file: str, encoder: str, port: int, ou
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save({"same": bool(torch.equal(gathered[0], gathered[1])), "steps": step + 1}, out)
-    dist.barrier()  # neither rank tears gloo down while the other still uses it
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks are done with gloo before either leaves
+    # Leave without C++ teardown: on a loaded 2-core machine (CI, and here with the full suite beside a training)
+    # gloo / TCPStore teardown sometimes aborted a rank ("terminate called without an active exception") after both
+    # ranks had finished every step; the DDP behaviour under test is the steps above, not torch's process exit.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("method", ["bipvl", "tmca"])
