@@ -52,7 +52,7 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     """Run the whole job; returns and prints the Dice table (also saved as workdir/demo_results.json).
 
     rule: what the reports say to pick the target (see make_synthetic_dataset); an existing dataset in
-    workdir is reused as it is.
+    workdir is reused when it was made with the same rule and size (else: an error naming it).
     """
     from nnunet_vl.data.synthetic import make_synthetic_dataset
     from nnunet_vl.inference.evaluate import mean_dice
@@ -66,11 +66,16 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     budget = "cpu" if quick else "demo"
     raw_root = Path(env["nnUNet_raw"])
     existing = list(raw_root.glob(f"Dataset{dataset_id:03d}_*"))
+    sizes = {"num_train": 16, "num_test": 4} if quick else {"num_train": num_train or 200, "num_test": 40}
     if existing:
         dataset_folder = existing[0]
+        made = json.loads((dataset_folder / "dataset.json").read_text())
+        if (made.get("synthetic_rule"), made.get("numTraining")) != (rule, sizes["num_train"]):
+            raise SystemExit(f"{dataset_folder} was made with rule '{made.get('synthetic_rule')}' and "
+                             f"{made.get('numTraining')} training cases, this run asks for rule '{rule}' and "
+                             f"{sizes['num_train']}. Fix: use another work dir, or delete {workdir}")
         print(f"[{time.time() - started:6.0f}s] using existing dataset {dataset_folder}")
     else:
-        sizes = {"num_train": 16, "num_test": 4} if quick else {"num_train": num_train or 200, "num_test": 40}
         dataset_folder = make_synthetic_dataset(raw_root, dataset_id, dim=dim, seed=0, rule=rule, **sizes)
         print(f"[{time.time() - started:6.0f}s] wrote synthetic dataset {dataset_folder}")
     _run("plan and preprocess", [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c", configuration,

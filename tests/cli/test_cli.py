@@ -42,3 +42,15 @@ def test_make_synthetic_then_check(tmp_path, tiny_bert):
     assert bad.stdout.count("[error]") == 3  # every error, one line each with file and fix
     assert bad.stderr.strip().splitlines() == [f"ERROR: {folder}: 3 text error(s), listed above with file and fix; "
                                                "fix them and run `nnunet_vl check -d 870` again"]
+
+
+def test_demo_refuses_a_work_dir_made_for_another_rule(tmp_path):
+    """The demo reuses its work dir's dataset only when it was made with the same rule and size."""
+    from nnunet_vl.cli.demo import DATASET_IDS
+    from nnunet_vl.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "raw", DATASET_IDS[2], dim=2, num_train=16, num_test=4, rule="side")
+    result = nnunet_vl("demo", "--quick", "--workdir", str(tmp_path))
+    assert result.returncode != 0
+    assert "was made with rule 'side' and 16 training cases, this run asks for rule 'position'" in result.stderr
+    assert list((tmp_path / "preprocessed").iterdir()) == []  # stopped before planning
