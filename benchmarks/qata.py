@@ -8,7 +8,7 @@ Every step is the command a user would type, with nnU-Net's folders pointed into
 steps (conversion, planning, trained checkpoints) are reused on a re-run, interrupted training resumes (--c).
 Writes <out>/qata.json, qata.md (table with the published rows, clearly labelled) and qata_cases.png.
 
-    python benchmarks/qata.py --batch-size 4 --disable-tta     # 1200 train / 300 val, demo budget (~1.5 h on 2 cores)
+    python benchmarks/qata.py --batch-size 8 --disable-tta     # 1200 train / 300 val, demo budget (~2.5 h on 2 cores)
     python benchmarks/qata.py --budget cpu --max-val 20         # plumbing check on the real subset
     python benchmarks/qata.py --smallest                        # 12 train / 4 val copied from --src, cpu budget
 """
