@@ -249,7 +249,6 @@ def _label_components(trainer, model: str):
         method(tb, "encode", "text: concept sentences through the full encoder")
         for i, k in enumerate(net.fusion_stages):
             module(net.fusion[i], f"fusion block at stage {k}")
-            module(net.visual_projections[i], "aux: visual projections")
         module(net.text_projection, "aux: text projection")
     else:
         module(net.text_encoder, "text: report through the full encoder")

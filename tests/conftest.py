@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 # nnunetv2 reads its folders from the environment when first imported: set them before any test imports it,
 # always to a fresh temporary tree so a developer's real nnU-Net folders are never touched.
@@ -49,6 +50,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _saved_tensor_bytes(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """run()'s result and the bytes of the distinct storages autograd kept for its backward pass."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = run()
+    return result, sum(storages.values())
+
+
+@pytest.fixture
+def saved_tensor_bytes() -> Callable[[Callable[[], torch.Tensor]], tuple[torch.Tensor, int]]:
+    """A function: run()'s result and the bytes autograd kept for its backward pass (see _saved_tensor_bytes)."""
+    return _saved_tensor_bytes
 
 
 @pytest.fixture(scope="session")

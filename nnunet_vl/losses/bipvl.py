@@ -22,11 +22,11 @@ def _info_nce(logits: torch.Tensor, anchors: torch.Tensor, candidates: torch.Ten
 class GlobalLocalContrastiveLoss(nn.Module):
     """Class-level (global) and concept-level (local) InfoNCE of BiPVL-Seg; no learnable parameters.
 
-    For every fused stage `visual_{k}` in aux, the projected feature map is averaged over each
-    class's region (label map area-downsampled to the stage resolution, so small classes survive)
-    and L2-normalised. Global: each class present in a sample (background included) must pick its
-    own class text among all class texts of that sample. Local: the same against each concept
-    sentence, only among classes that have that concept. Terms are averaged over anchors and stages;
+    For every fused stage `visual_{k}` in aux, the feature map is averaged over each class's region
+    (label map area-downsampled to the stage resolution, so small classes survive), mapped by the
+    stage's linear head `projection_{k}` and L2-normalised. Global: each class present in a sample
+    (background included) must pick its own class text among all class texts of that sample. Local:
+    the same against each concept sentence, only among classes that have that concept. Terms are averaged over anchors and stages;
     a term without any anchor (no class present, e.g. all voxels ignored) is zero.
 
     total = global_weight * global + local_weight * local, or with uncertainty weighting (Kendall et
@@ -54,9 +54,10 @@ class GlobalLocalContrastiveLoss(nn.Module):
         text_class = aux["text_class"].float()
         concept_text = aux["concept_text"].float()
         concept_present = aux["concept_present"].bool()
-        maps = [aux[key].float() for key in sorted(k for k in aux if k.startswith("visual_"))]
-        if not maps:
+        stages = sorted(key.removeprefix("visual_") for key in aux if key.startswith("visual_"))
+        if not stages:
             raise ValueError("aux holds no visual_{stage} feature maps")
+        maps = [(aux[f"visual_{k}"].float(), aux[f"projection_{k}"].float()) for k in stages]
         num_classes = text_class.shape[1]
         labels = target[:, 0].long()
         class_masks = [labels == c for c in range(num_classes)]
@@ -68,13 +69,13 @@ class GlobalLocalContrastiveLoss(nn.Module):
 
         global_sum = local_sum = 0.0
         global_count = local_count = 0
-        for fmap in maps:
+        for fmap, projection in maps:
             spatial = fmap.shape[2:]
             weights = torch.stack(
                 [F.interpolate(m[:, None].float(), size=spatial, mode="area")[:, 0] for m in class_masks], dim=1
             ).flatten(2)  # (B, C, N)
             pooled = weights @ fmap.flatten(2).transpose(1, 2) / weights.sum(-1, keepdim=True).clamp_min(1e-6)
-            visual = F.normalize(pooled, dim=-1)  # (B, C, P)
+            visual = F.normalize(F.linear(pooled, projection), dim=-1)  # (B, C, P)
             logits = torch.einsum("bcp,bdp->bcd", visual, text_class) / self.temperature
             term, count = _info_nce(logits, present, torch.ones_like(logits, dtype=torch.bool))
             global_sum, global_count = global_sum + term, global_count + count

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.networks.fusion import BidirectionalFusionBlock, fusion_width
+from nnunet_vl.networks.recompute import run_block
 from nnunet_vl.networks.text_branch import ProgressiveTextEncoder
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
@@ -21,11 +22,14 @@ class BiPVLUNet(nn.Module):
     the fused map replaces the stage output (next stage and skip), the fused text feeds the next
     chunk. All fusion gates start at zero, so an untrained network computes exactly `image_unet(x)`.
     A fusion block is `fusion_dim` wide, or as wide as its stage where that is narrower (fusion_width).
+    Fusion blocks at `recompute_stages` recompute their activations in the backward pass (run_block).
 
     Aux outputs (`return_aux=True`), all embeddings L2-normalised except the maps:
       text_class      (B, C, P)  class text: each class's token in the final fused text
-      visual_{k}      (B, P, *S_k) fused output of encoder stage k, projected by a 1x1 conv (the loss
-                                   mask-pools and normalises it; pooling commutes with the projection)
+      visual_{k}      (B, C_k, *S_k) fused output of encoder stage k
+      projection_{k}  (P, C_k)   weight of stage k's linear visual head (a Parameter). The loss mask-pools
+                                 visual_{k} and applies the head afterwards (pooling commutes with it), so
+                                 no P-channel map is built at every voxel of a high-resolution stage
       concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder (no gradient
                                  reaches the encoder from it, only the projection)
       concept_present (C, K)     bool
@@ -43,6 +47,7 @@ class BiPVLUNet(nn.Module):
         num_classes: int,
         proj_dim: int = 128,
         uncertainty_weighting: bool = False,
+        recompute_stages: Sequence[int] = (),
     ) -> None:
         super().__init__()
         channels = encoder_stage_channels(image_unet)
@@ -51,6 +56,7 @@ class BiPVLUNet(nn.Module):
             raise ValueError(f"fusion_stages {list(fusion_stages)} must index the {len(channels)} encoder stages")
         self.image_unet = image_unet
         self.fusion_stages = stages
+        self.recompute_stages = sorted(set(int(k) for k in recompute_stages))
         self.num_classes = num_classes
         self.text_branch = ProgressiveTextEncoder(text_encoder, n_chunks=len(stages), num_segments=1 + num_classes)
         hidden = self.text_branch.hidden_size
@@ -60,7 +66,7 @@ class BiPVLUNet(nn.Module):
                                      fusion_depth)
             for k in stages
         )
-        self.visual_projections = nn.ModuleList(conv_op(channels[k], proj_dim, kernel_size=1) for k in stages)
+        self.visual_projections = nn.ModuleList(nn.Linear(channels[k], proj_dim, bias=False) for k in stages)
         self.text_projection = nn.Linear(hidden, proj_dim)
         self.log_vars = nn.Parameter(torch.zeros(2)) if uncertainty_weighting else None
 
@@ -101,9 +107,10 @@ class BiPVLUNet(nn.Module):
             if i is None:
                 return features
             hidden = self.text_branch.run_chunk(i, hidden, layer_mask)
-            features, hidden = self.fusion[i](features, hidden, mask)
+            features, hidden = run_block(self.fusion[i], k in self.recompute_stages, features, hidden, mask)
             if return_aux:
-                visual[f"visual_{k}"] = self.visual_projections[i](features)
+                visual[f"visual_{k}"] = features
+                visual[f"projection_{k}"] = self.visual_projections[i].weight
             return features
 
         seg = self.image_unet.decoder(run_encoder(self.image_unet, x, fuse))

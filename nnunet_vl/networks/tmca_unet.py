@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.networks.fusion import fusion_width
+from nnunet_vl.networks.recompute import run_block
 from nnunet_vl.networks.target_enhancement import TargetEnhancement
 from nnunet_vl.networks.text_branch import masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
@@ -57,6 +58,7 @@ class TMCAUNet(nn.Module):
         fusion_dim, fusion_heads: width and heads of the enhancement cross-attention.
         num_classes: segmentation classes (must match image_unet's output).
         proj_dim: width of the alignment embedding space.
+        recompute_stages: enhanced stages whose enhancement recomputes its activations in backward (run_block).
 
     Aux outputs (`return_aux=True`), level i ↔ encoder stage align_stages[i]:
         features_l{i}:   (B, C_i, *spatial_i) stage output before enhancement
@@ -75,6 +77,7 @@ class TMCAUNet(nn.Module):
         fusion_heads: int,
         num_classes: int,
         proj_dim: int = 128,
+        recompute_stages: Sequence[int] = (),
     ) -> None:
         super().__init__()
         channels = encoder_stage_channels(image_unet)
@@ -91,6 +94,7 @@ class TMCAUNet(nn.Module):
         self.text_encoder = text_encoder
         self.align_stages = list(align_stages)
         self.enhance_stages = list(enhance_stages)
+        self.recompute_stages = sorted(set(int(s) for s in recompute_stages))
         self.num_classes = num_classes
         self.proj_dim = proj_dim
         self.text_heads = nn.ModuleList(
@@ -167,7 +171,8 @@ class TMCAUNet(nn.Module):
             if stage in self.align_stages:
                 aux[f"features_l{self.align_stages.index(stage)}"] = features
             if stage in self.enhance_stages:
-                features, attention = self.enhancements[str(stage)](features, tokens, text.report_mask)
+                features, attention = run_block(self.enhancements[str(stage)], stage in self.recompute_stages,
+                                                features, tokens, text.report_mask)
                 stage_attention.append(attention)
             return features
 

@@ -71,6 +71,11 @@ def direction_axes_from_geometry(image_properties: dict, transpose_forward: list
             source)
 
 
+def recompute_stages(preset: dict, n_stages: int) -> list[int]:
+    """The preset's `recompute_stages` highest-resolution stages (none when the preset does not say)."""
+    return list(range(min(int(preset.get("recompute_stages", 0)), n_stages)))
+
+
 class VLPlannerMixin:
     """Adds the text section to every configuration the parent planner writes; the image part is the parent's."""
 
@@ -92,6 +97,11 @@ class VLPlannerMixin:
         return max(reports, 8), max(labels, 8), max(concepts, 8)
 
     def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], dict, str]:
+        """Fused stages, their activation estimate (MB per stage) and why.
+
+        Stages among the preset's `recompute_stages` highest-resolution ones keep no activations between
+        forward and backward: only the largest of them counts, once (while it is recomputed).
+        """
         preset = self.text_spec["preset"]
         arch = conf["architecture"]["arch_kwargs"]
         n_stages = arch["n_stages"]
@@ -111,9 +121,15 @@ class VLPlannerMixin:
                                      + 2 * heads * num_text_tokens * _FUSION_BYTES_PER_ATTENTION_ENTRY)
             return batch * depth * per_block
 
+        recomputed = set(recompute_stages(preset, n_stages))
+
+        def kept(fused: list[int]) -> float:
+            return (sum(cost(k) for k in fused if k not in recomputed)
+                    + max((cost(k) for k in fused if k in recomputed), default=0.0))
+
         budget = preset["text_vram_fraction"] * self.UNet_vram_target_GB * 1024 ** 3
         dropped = []
-        while len(stages) > 1 and sum(cost(k) for k in stages) > budget:
+        while len(stages) > 1 and kept(stages) > budget:
             dropped.append(stages.pop(0))  # highest resolution first: it has the most tokens
         estimate = {f"stage_{k}": round(cost(k) / 1024 ** 2, 2) for k in stages}
         if dropped:
@@ -121,7 +137,7 @@ class VLPlannerMixin:
                       f"the {self.UNet_vram_target_GB} GB target ({budget / 1024 ** 2:.0f} MB)")
         else:
             reason = (f"{len(stages)} of {n_stages} stages fused (preset '{preset['name']}': {preset['fusion_stages']}); "
-                      f"estimate {sum(cost(k) for k in stages) / 1024 ** 2:.1f} MB within the "
+                      f"estimate {kept(stages) / 1024 ** 2:.1f} MB within the "
                       f"{budget / 1024 ** 2:.0f} MB text budget")
         return stages, estimate, reason
 
@@ -157,6 +173,7 @@ class VLPlannerMixin:
             "fusion_heads": preset["fusion_heads"],
             "fusion_depth": preset["fusion_depth"],
             "fusion_vram_estimate_mb": estimate_mb,
+            "recompute_stages": recompute_stages(preset, n_stages),
             "fusion_reason": reason,
             "train_word_embeddings": bool(preset.get("train_word_embeddings", False)),
             "text_lr_factor": preset["text_lr_factor"],

@@ -47,13 +47,14 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
         contrastive = text["contrastive"]
         network = BiPVLUNet(image_unet, text_encoder, text["fusion_stages"], text["fusion_dim"],
                             text["fusion_heads"], text["fusion_depth"], num_classes, contrastive["proj_dim"],
-                            contrastive["uncertainty_weighting"])
+                            contrastive["uncertainty_weighting"], text.get("recompute_stages", []))
     elif method == "tmca":
         from nnunet_vl.networks.tmca_unet import TMCAUNet
 
         tmca = text["tmca"]
         network = TMCAUNet(image_unet, text_encoder, tmca["align_stages"], tmca["enhance_stages"],
-                           text["fusion_dim"], text["fusion_heads"], num_classes, text["contrastive"]["proj_dim"])
+                           text["fusion_dim"], text["fusion_heads"], num_classes, text["contrastive"]["proj_dim"],
+                           text.get("recompute_stages", []))
     else:
         raise ValueError(f"unknown VL method '{method}'")
     network.text_assets = TextAssets()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nnunet_vl.losses.bipvl import GlobalLocalContrastiveLoss
 
-B, C, K, P = 2, 4, 3, 8
+B, C, K, P, CH = 2, 4, 3, 8, 5  # CH: channels of the fused stage maps, projected to P by the loss
 
 
 def make_aux(stage_sizes: tuple[tuple[int, ...], ...] = ((8, 8), (4, 4)), seed: int = 0) -> dict[str, torch.Tensor]:
@@ -18,7 +18,8 @@ def make_aux(stage_sizes: tuple[tuple[int, ...], ...] = ((8, 8), (4, 4)), seed: 
         "concept_present": torch.tensor([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 1, 1]], dtype=torch.bool),
     }
     for i, size in enumerate(stage_sizes):
-        aux[f"visual_{i + 1}"] = torch.randn(B, P, *size, generator=g).requires_grad_()
+        aux[f"visual_{i + 1}"] = torch.randn(B, CH, *size, generator=g).requires_grad_()
+        aux[f"projection_{i + 1}"] = torch.randn(P, CH, generator=g).requires_grad_()
     return aux
 
 
@@ -35,13 +36,14 @@ def quadrant_target(size: int = 8, all_classes: bool = False) -> torch.Tensor:
 def reference_losses(aux: dict[str, torch.Tensor], target: torch.Tensor, temperature: float) -> tuple[float, float]:
     """Loop implementation for one stage at the target's resolution."""
     fmap, text, concepts, has = aux["visual_1"], aux["text_class"], aux["concept_text"], aux["concept_present"]
+    projection = aux["projection_1"]
     global_terms, local_terms = [], []
     for b in range(B):
         for c in range(C):
             region = target[b, 0] == c
             if not region.any():
                 continue
-            v = F.normalize(fmap[b][:, region].mean(1), dim=0)
+            v = F.normalize(projection @ fmap[b][:, region].mean(1), dim=0)  # project the region's mean
             global_terms.append(-F.log_softmax(text[b] @ v / temperature, 0)[c])
             for k in range(K):
                 if has[c, k]:
@@ -66,7 +68,7 @@ def test_has_no_parameters_and_is_finite_with_gradients() -> None:
     out = loss(aux, quadrant_target(16))
     assert set(out) == {"global", "local", "total"} and all(v.dim() == 0 and torch.isfinite(v) for v in out.values())
     out["total"].backward()
-    for key in ("text_class", "concept_text", "visual_1", "visual_2"):
+    for key in ("text_class", "concept_text", "visual_1", "visual_2", "projection_1", "projection_2"):
         assert torch.isfinite(aux[key].grad).all() and aux[key].grad.any(), key
 
 
@@ -75,6 +77,7 @@ def test_aligned_embeddings_score_lower_than_random() -> None:
     aligned = dict(aux)
     one_hot = F.one_hot(target[:, 0], C).permute(0, 3, 1, 2).float()
     aligned["visual_1"] = torch.einsum("bcp,bchw->bphw", aux["text_class"].detach(), one_hot)
+    aligned["projection_1"] = torch.eye(P)
     loss = GlobalLocalContrastiveLoss()
     assert loss(aligned, target)["global"] < 0.2 * loss(aux, target)["global"]
 

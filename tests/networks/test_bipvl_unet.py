@@ -14,6 +14,7 @@ from nnunet_vl.losses.bipvl import GlobalLocalContrastiveLoss
 from nnunet_vl.networks.bipvl_unet import BiPVLUNet
 from nnunet_vl.networks.text_branch import ProgressiveTextEncoder, masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.unet_stages import encoder_stage_channels
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,14 +44,14 @@ def make_unet(kind: str, ndim: int, deep_supervision: bool, conv_bias: bool = Tr
 def make_model(
     bert_dir: Path, kind: str = "plain", ndim: int = 2, deep_supervision: bool = False,
     fusion_stages: tuple[int, ...] = (1, 2, 3), attn_implementation: str = "sdpa", uncertainty_weighting: bool = False,
-    conv_bias: bool = True,
+    conv_bias: bool = True, recompute_stages: tuple[int, ...] = (),
 ) -> BiPVLUNet:
     torch.manual_seed(0)
     config = BertConfig.from_pretrained(bert_dir, attn_implementation=attn_implementation)
     return BiPVLUNet(
         make_unet(kind, ndim, deep_supervision, conv_bias), AutoModel.from_config(config), fusion_stages,
         fusion_dim=16, fusion_heads=2, fusion_depth=2, num_classes=NUM_CLASSES, proj_dim=8,
-        uncertainty_weighting=uncertainty_weighting,
+        uncertainty_weighting=uncertainty_weighting, recompute_stages=recompute_stages,
     )
 
 
@@ -114,8 +115,10 @@ def test_forward_shapes_and_equals_image_unet_at_init(tiny_bert: Path, tokenizer
     assert aux["concept_text"].shape == (NUM_CLASSES, 3, 8)
     assert torch.equal(aux["concept_present"], text.concept_present)
     assert sorted(k for k in aux if k.startswith("visual_")) == [f"visual_{k}" for k in stages]
+    channels = encoder_stage_channels(model.image_unet)
     for k in stages:
-        assert aux[f"visual_{k}"].shape == (2, 8, *(s // 2**k for s in x.shape[2:]))
+        assert aux[f"visual_{k}"].shape == (2, channels[k], *(s // 2**k for s in x.shape[2:]))
+        assert aux[f"projection_{k}"].shape == (8, channels[k]) and aux[f"projection_{k}"].requires_grad
     for key in ("text_class", "concept_text"):
         assert torch.isfinite(aux[key]).all()
         torch.testing.assert_close(aux[key].norm(dim=-1), torch.ones(aux[key].shape[:-1]))
@@ -219,6 +222,23 @@ def test_every_parameter_gets_gradient(tiny_bert: Path, tokenizer, kind: str, nd
     training_loss(model, x, text).backward()
     no_gradient = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() < 1e-7]
     assert [n for n in no_gradient if not n.endswith("attention.self.key.bias")] == []
+
+
+def test_recomputed_fusion_same_gradients_less_kept(tiny_bert: Path, tokenizer, saved_tensor_bytes) -> None:
+    """Fusion blocks at recompute_stages give the same loss and gradients and keep fewer activations for backward."""
+    x, text = image(2), make_text(tokenizer)
+    results = []
+    for recompute in ((), (1, 2)):
+        model = make_model(tiny_bert, deep_supervision=True, recompute_stages=recompute).train()
+        open_gates(model)
+        loss, kept = saved_tensor_bytes(lambda: training_loss(model, x, text))
+        loss.backward()
+        results.append((loss.item(), kept, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_plain, kept_plain, grads_plain), (loss_recomputed, kept_recomputed, grads_recomputed) = results
+    assert loss_recomputed == pytest.approx(loss_plain, rel=1e-6)
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_recomputed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert kept_recomputed < 0.9 * kept_plain, (kept_recomputed, kept_plain)
 
 
 def test_training_steps_decrease_loss(tiny_bert: Path, tokenizer) -> None:

@@ -83,6 +83,49 @@ def test_small_vram_target_drops_high_resolution_stages(planned_2d, tiny_bert, n
     assert "dropped" in text["fusion_reason"]
 
 
+def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_folders):
+    """A budget that drops stage 0 keeps it when stages 0 and 1 are recomputed (only the larger one counts)."""
+    from types import SimpleNamespace
+
+    from nnunet_vl.planning.planners import VLPlannerMixin
+
+    conf = _load(nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D" / "nnUNetPlans.json")[
+        "configurations"]["2d"]
+    preset = load_preset("bipvl")
+
+    def fused(recompute: int, target_gb: float) -> tuple[list[int], dict]:
+        planner = SimpleNamespace(text_spec={"preset": dict(preset, recompute_stages=recompute)},
+                                  UNet_vram_target_GB=target_gb)
+        stages, estimate, _ = VLPlannerMixin._fusion_stages(planner, conf, 30)
+        return stages, estimate
+
+    stages, estimate = fused(0, 1e9)
+    assert stages[:2] == [0, 1] and estimate["stage_0"] > estimate["stage_1"] > 0
+    budget_mb = sum(estimate.values()) - estimate["stage_1"] / 2  # below all stages, above all but stage 1's half
+    target_gb = budget_mb / 1024 / preset["text_vram_fraction"]
+    assert 0 not in fused(0, target_gb)[0]
+    assert fused(2, target_gb)[0] == stages
+
+
+def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnunet_folders, tmp_path):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_vl.networks.bipvl_unet import BiPVLUNet
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+    from nnunet_vl.training.network_builder import build_vl_network
+
+    preset = tmp_path / "recompute.json"
+    preset.write_text(json.dumps(dict(load_preset("bipvl"), recompute_stages=1)), encoding="utf-8")
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True, plans_name="RecomputePlans", preset=str(preset))
+    folder = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
+    assert _load(folder / "nnUNetPlans.json")["configurations"]["2d"]["text"]["recompute_stages"] == []
+    plans = PlansManager(str(folder / "RecomputePlans.json"))
+    assert plans.get_configuration("2d").configuration["text"]["recompute_stages"] == [0]
+    network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)
+    assert isinstance(network, BiPVLUNet) and network.recompute_stages == [0]
+
+
 def test_resenc_planner_keeps_its_image_plans(planned_2d, tiny_bert, nnunet_folders):
     from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import \
         nnUNetPlannerResEncM
