@@ -31,8 +31,9 @@ attributed to the component whose forward op created it).
     python benchmarks/cost.py --smallest --workdir /tmp/w --out /tmp/o --text-encoder DIR   # smoke test
     python benchmarks/cost.py --dataset 980 --plans nnUNetPlans_bs8 --preprocessed DIR   # a planned real dataset
 
-Writes OUT/cost.json and OUT/cost.md (with --dataset: OUT/cost_<dataset name>.json/.md; OUT defaults to
-benchmarks/results) and prints the table.
+Writes OUT/cost.json and OUT/cost.md (with --dataset: OUT/cost_<dataset name>[_<plans>].json/.md, the plans
+named unless nnUNetPlans; OUT defaults to benchmarks/results) and prints the table, with where the training
+memory goes (parameters, gradients, optimizer state, the rest of the peak).
 """
 from __future__ import annotations
 
@@ -188,6 +189,10 @@ def measure_memory(spec: dict, model: str) -> dict:
     for _ in range(2):  # the first step also allocates gradients and momentum
         trainer.train_step(_batch_copy(batch))
     train_mb = memory.peak_mb()
+    held = {"parameters_mb": parameters_mb,
+            "gradients_mb": sum(p.grad.nbytes for p in trainer.network.parameters() if p.grad is not None) / 2 ** 20,
+            "optimizer_state_mb": sum(t.nbytes for state in trainer.optimizer.state.values() for t in state.values()
+                                      if torch.is_tensor(t)) / 2 ** 20}
 
     trainer.optimizer.zero_grad(set_to_none=True)  # what an inference process does not hold
     trainer.optimizer.state.clear()
@@ -199,8 +204,8 @@ def measure_memory(spec: dict, model: str) -> dict:
     with torch.no_grad():
         predictor.predict_sliding_window_return_logits(data)
     infer_mb = memory.peak_mb()
-    return {"train_peak_mb": train_mb, "infer_peak_mb": infer_mb, "parameters_mb": parameters_mb,
-            "baseline_mb": baseline, "method": memory.method}
+    return {"train_peak_mb": train_mb, "infer_peak_mb": infer_mb, **held, "baseline_mb": baseline,
+            "method": memory.method}
 
 
 def _label_components(trainer, model: str):
@@ -441,6 +446,11 @@ def markdown(payload: dict) -> str:
         "own fresh process; it includes "
         "parameters, gradients and optimizer state (training) or parameters and the logits buffers (inference).",
     ]
+    lines += ["", "## Where the training memory goes", "",
+              "Held after two training steps (parameters, gradients, optimizer state: tensor sizes) and the rest of the "
+              "peak (activations kept for backward, workspace), MB:", "",
+              markdown_table_raw(["preset", "dim", "model", "peak", "parameters", "gradients", "optimizer state",
+                                  "rest of the peak"], memory_breakdown(payload))]
     if payload.get("profile"):
         lines += ["", "## Where the VL training iteration goes (torch.profiler)", ""]
         for prof in payload["profile"]:
@@ -455,6 +465,17 @@ def markdown(payload: dict) -> str:
                  for c in prof["components"] if c["total_ms"] >= 0.005 * total]))
             lines.append("")
     return "\n".join(lines)
+
+
+def memory_breakdown(payload: dict) -> list[list[str]]:
+    """Rows of the training-memory breakdown of every model of every measured setting."""
+    rows = []
+    for run in payload["runs"]:
+        for model, mem in run["memory"].items():
+            held = [mem.get(key, math.nan) for key in ("parameters_mb", "gradients_mb", "optimizer_state_mb")]
+            rows.append([run["preset"], f"{run['dim']}D", model, f"{mem['train_peak_mb']:.0f}",
+                         *(f"{v:.0f}" for v in held), f"{mem['train_peak_mb'] - sum(held):.0f}"])
+    return rows
 
 
 def markdown_table_raw(header, rows) -> str:
@@ -523,7 +544,8 @@ def main(argv=None) -> int:
                                                        "tiles", "inference_input_shape")} for r in runs],
                "elapsed_s": time.time() - started}
     text = markdown(payload)
-    stem = "cost" if args.dataset is None else f"cost_{runs[0]['dataset']}"
+    stem = "cost" if args.dataset is None else f"cost_{runs[0]['dataset']}" + (
+        "" if args.plans == "nnUNetPlans" else f"_{args.plans}")
     json_path, md_path = common.save_outputs(args.out, stem, payload, text)
     print(text)
     print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")

@@ -53,6 +53,12 @@ def test_cost_smallest(bench_dirs, tiny_bert):
         assert set(row["goals_met"]) == {"train", "infer", "train_memory", "infer_memory"}
     run = payload["runs"][0]
     assert run["tiles"] >= 1 and run["batch_size"] >= 1
+    memory = run["memory"]
+    for model in ("image", "bipvl", "tmca"):
+        assert memory[model]["gradients_mb"] > 0 and memory[model]["optimizer_state_mb"] > 0, memory[model]
+    # SGD keeps one momentum buffer per parameter; the VL trainers' AdamW keeps more, over more parameters
+    assert memory["bipvl"]["optimizer_state_mb"] > 2 * memory["image"]["optimizer_state_mb"]
+    assert "Where the training memory goes" in (bench_dirs["out"] / "cost.md").read_text()
     assert all(len(times) == 1 for times in run["timing"]["train_s"].values())  # 1 repetition
 
 
