@@ -65,10 +65,26 @@ def _saved_tensor_bytes(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, 
     return result, sum(storages.values())
 
 
+def _check_recompute(build: Callable[[tuple[int, ...]], torch.nn.Module],
+                     loss: Callable[[torch.nn.Module], torch.Tensor], recompute: tuple[int, ...]) -> None:
+    """build(recompute) gives the same loss and gradients as build(()) and keeps fewer bytes for backward."""
+    results = []
+    for stages in ((), recompute):
+        model = build(stages).train()
+        value, kept = _saved_tensor_bytes(lambda: loss(model))
+        value.backward()
+        results.append((value.item(), kept, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_plain, kept_plain, grads_plain), (loss_recomputed, kept_recomputed, grads_recomputed) = results
+    assert loss_recomputed == pytest.approx(loss_plain, rel=1e-6)
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_recomputed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert kept_recomputed < 0.9 * kept_plain, (kept_recomputed, kept_plain)
+
+
 @pytest.fixture
-def saved_tensor_bytes() -> Callable[[Callable[[], torch.Tensor]], tuple[torch.Tensor, int]]:
-    """A function: run()'s result and the bytes autograd kept for its backward pass (see _saved_tensor_bytes)."""
-    return _saved_tensor_bytes
+def check_recompute() -> Callable:
+    """_check_recompute: a network with recompute_stages against the same network without."""
+    return _check_recompute
 
 
 @pytest.fixture(scope="session")
