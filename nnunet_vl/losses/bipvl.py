@@ -26,8 +26,9 @@ class GlobalLocalContrastiveLoss(nn.Module):
     (label map area-downsampled to the stage resolution, so small classes survive), mapped by the
     stage's linear head `projection_{k}` and L2-normalised. Global: each class present in a sample
     (background included) must pick its own class text among all class texts of that sample. Local:
-    the same against each concept sentence, only among classes that have that concept. Terms are averaged over anchors and stages;
-    a term without any anchor (no class present, e.g. all voxels ignored) is zero.
+    the same against each concept sentence, only among classes that have that concept. Terms are
+    averaged over anchors and stages; a term without any anchor (no class present, e.g. all voxels
+    ignored) is zero.
 
     total = global_weight * global + local_weight * local, or with uncertainty weighting (Kendall et
     al.) sum_i exp(-s_i) * L_i + s_i with s = aux["log_vars"] (the weights are then unused; a term
