@@ -472,7 +472,7 @@ def memory_breakdown(payload: dict) -> list[list[str]]:
     rows = []
     for run in payload["runs"]:
         for model, mem in run["memory"].items():
-            held = [mem.get(key, math.nan) for key in ("parameters_mb", "gradients_mb", "optimizer_state_mb")]
+            held = [mem[key] for key in ("parameters_mb", "gradients_mb", "optimizer_state_mb")]
             rows.append([run["preset"], f"{run['dim']}D", model, f"{mem['train_peak_mb']:.0f}",
                          *(f"{v:.0f}" for v in held), f"{mem['train_peak_mb'] - sum(held):.0f}"])
     return rows
