@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 from nnunet_vl.cli.demo import _bin, _run, demo_environment  # noqa: E402
+from nnunet_vl.planning.api import plans_with_batch_size  # noqa: E402
 
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "qata_cov19_subset"
 DEFAULT_WORKDIR = REPO / "benchmarks" / "results" / "work_qata"
@@ -149,22 +150,6 @@ class StepTimes:
         self.path.write_text(json.dumps(self.steps, indent=1) + "\n", encoding="utf-8")
 
 
-def plans_with_batch_size(preprocessed: Path, plans: dict, batch_size: int | None, started: float) -> str:
-    """The plans identifier to train with: nnUNetPlans, or a copy with another batch size (as nnU-Net's docs suggest
-    for changing the batch size: same data identifier, so the preprocessed data is shared)."""
-    if batch_size is None or batch_size == plans["configurations"][CONFIGURATION]["batch_size"]:
-        return "nnUNetPlans"
-    identifier = f"nnUNetPlans_bs{batch_size}"
-    variant = json.loads(json.dumps(plans))
-    variant["plans_name"] = identifier
-    variant["configurations"][CONFIGURATION]["batch_size"] = batch_size
-    target = preprocessed / f"{identifier}.json"
-    if not target.is_file() or json.loads(target.read_text()) != variant:
-        _say(started, f"writing {target} (nnUNetPlans with batch size {batch_size})")
-        target.write_text(json.dumps(variant, indent=1) + "\n", encoding="utf-8")
-    return identifier
-
-
 def train(trainers: list[str], plans_id: str, results: Path, env: dict, log: Path, started: float,
           times: StepTimes) -> None:
     """nnUNetv2_train each trainer on fold 0 (skip when finished, --c when interrupted)."""
@@ -235,7 +220,9 @@ def run_benchmark(src: Path, workdir: Path, budget: str, methods: list[str], enc
     if planned:
         times.record("plan and preprocess", time.time() - t0)
     fold0 = ensure_splits(dataset_folder, preprocessed, started)
-    plans_id = plans_with_batch_size(preprocessed, plans, batch_size, started)
+    plans_id = plans_with_batch_size(preprocessed, CONFIGURATION, batch_size)
+    if plans_id != "nnUNetPlans":
+        _say(started, f"training with {plans_id} (nnUNetPlans with batch size {batch_size})")
 
     trainers = [f"nnUNetTrainer_{budget}"] + [f"nnUNetTrainer{m}_{budget}" for m in methods]
     train(trainers, plans_id, results, env, log, started, times)

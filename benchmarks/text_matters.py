@@ -6,6 +6,7 @@ benchmarks/results/text_matters.{json,md,png}.
 
     python benchmarks/text_matters.py                 # 2D and 3D, demo budget (CPU: about an hour)
     python benchmarks/text_matters.py --smallest      # smoke run: 2D, tiny data, 2 x 5 iterations
+    python benchmarks/text_matters.py --dims 3 --methods BiPVL --budget 5epochs --batch-size 4
 
 Results of dimensions not run now are kept from the existing JSON, so `--dims 3` adds 3D beside an earlier 2D run.
 """
@@ -78,6 +79,10 @@ def main() -> None:
     parser.add_argument("--rule", default="position", choices=["position", "side", "size", "mixed"],
                         help="what the reports say to pick the target; results of another rule than 'position' "
                              "go to text_matters_RULE.*")
+    parser.add_argument("--budget", default="demo", choices=["demo", "5epochs"],
+                        help="training length of every model: demo = 12 x 25 iterations, 5epochs = 5 x 250")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="train every model with a copy of the plans with this batch size (default: planned)")
     parser.add_argument("--smallest", action="store_true", help="2D only, tiny data, CPU smoke budget")
     args = parser.parse_args()
     dims = [2] if args.smallest else args.dims
@@ -90,7 +95,8 @@ def main() -> None:
     results = {}
     for dim in dims:
         summary = run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder, methods=args.methods,
-                           quick=args.smallest, rule=args.rule)
+                           quick=args.smallest, rule=args.rule, budget=None if args.smallest else args.budget,
+                           batch_size=args.batch_size)
         results[f"{dim}D"] = {"command": command, "machine": machine, **summary}
     wall = time.time() - started
     kept = earlier_results(out / f"{stem}.json", args.rule, {"2D", "3D"} - set(results))
@@ -101,8 +107,9 @@ def main() -> None:
     lines = [f"Reports name the target by {args.rule}. {GOALS}.", ""]
     for dim, summary in results.items():
         note = f" ({summary['note']})" if summary.get("note") else ""
-        lines += [f"**{dim}** ({summary['dataset']}, configuration {summary['configuration']}, budget "
-                  f"`{summary['budget']}`) — command `{summary['command']}`, {summary.get('machine', machine)}, "
+        plans = summary.get("plans", "nnUNetPlans")
+        lines += [f"**{dim}** ({summary['dataset']}, configuration {summary['configuration']}, plans `{plans}`, "
+                  f"budget `{summary['budget']}`) — command `{summary['command']}`, {summary.get('machine', machine)}, "
                   f"{summary['wall_time_s'] / 60:.0f} min{note}", "", format_table(summary["rows"]), ""]
     (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
     plot(results, out / f"{stem}.png", args.rule)

@@ -48,14 +48,18 @@ def _bin(name: str) -> str:
 
 
 def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list[str] | tuple[str, ...] = ("BiPVL",),
-             quick: bool = False, num_train: int | None = None, rule: str = "position") -> dict:
+             quick: bool = False, num_train: int | None = None, rule: str = "position", budget: str | None = None,
+             batch_size: int | None = None) -> dict:
     """Run the whole job; returns and prints the Dice table (also saved as workdir/demo_results.json).
 
     rule: what the reports say to pick the target (see make_synthetic_dataset); an existing dataset in
     workdir is reused when it was made with the same rule and size (else: an error naming it).
+    budget: the trainer variants' suffix, `cpu` (quick), `demo` (default) or `5epochs` (5 x 250 iterations);
+    batch_size: train every model with a copy of the plans with this batch size (plans_with_batch_size).
     """
     from nnunet_vl.data.synthetic import make_synthetic_dataset
     from nnunet_vl.inference.evaluate import mean_dice
+    from nnunet_vl.planning.api import plans_with_batch_size
 
     started = time.time()
     workdir = workdir.resolve()
@@ -63,7 +67,13 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     log = workdir / "demo.log"
     dataset_id = DATASET_IDS[dim]
     configuration = "2d" if dim == 2 else "3d_fullres"
-    budget = "cpu" if quick else "demo"
+    budget = budget or ("cpu" if quick else "demo")
+    # methods name trainer families: "BiPVL", "TMCA", "BiPVL_noText", ... (variants with the same budget)
+    trainers = [f"nnUNetTrainer_{budget}"] + [f"nnUNetTrainer{m}_{budget}" for m in methods]
+    missing = [t for t in trainers if not _trainer_exists(t)]
+    if missing:
+        raise SystemExit(f"no trainer {missing} for budget '{budget}'. Fix: choose methods that have a "
+                         f"'_{budget}' variant in nnunet_vl/training, or another budget")
     raw_root = Path(env["nnUNet_raw"])
     existing = list(raw_root.glob(f"Dataset{dataset_id:03d}_*"))
     sizes = {"num_train": 16, "num_test": 4} if quick else {"num_train": num_train or 200, "num_test": 40}
@@ -81,31 +91,31 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     _run("plan and preprocess", [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c", configuration,
                                  "-np", "1", "-npfp", "1", "--text-encoder", encoder], env, log, started)
 
-    # methods name trainer families: "BiPVL", "TMCA", "BiPVL_noText", ... (variants with the same budget)
-    trainers = [f"nnUNetTrainer_{budget}"] + [f"nnUNetTrainer{m}_{budget}" for m in methods]
+    plans_id = plans_with_batch_size(Path(env["nnUNet_preprocessed"]) / dataset_folder.name, configuration,
+                                     batch_size)
     results = Path(env["nnUNet_results"]) / dataset_folder.name
     for trainer in trainers:
-        fold_dir = results / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+        fold_dir = results / f"{trainer}__{plans_id}__{configuration}" / "fold_0"
         if (fold_dir / "checkpoint_final.pth").is_file():
             print(f"[{time.time() - started:6.0f}s] {trainer}: already trained")
             continue
         resume = ["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []
         _run(f"train {trainer}", [_bin("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", trainer,
-                                  "-device", "cpu", *resume], env, log, started)
+                                  "-p", plans_id, "-device", "cpu", *resume], env, log, started)
 
     images = dataset_folder / "imagesTs"
     predictions = workdir / "predictions"
-    common = ["-i", str(images), "-d", str(dataset_id), "-c", configuration, "-f", "0", "-device", "cpu",
-              "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+    common = ["-i", str(images), "-d", str(dataset_id), "-c", configuration, "-f", "0", "-p", plans_id,
+              "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
     rows: dict[str, dict[str, float]] = {}
-    out = predictions / "image_only"
+    out = predictions / f"{trainers[0]}__{plans_id}"
     _run("predict image-only", [_bin("nnUNetv2_predict"), *common, "-o", str(out), "-tr", trainers[0]], env, log,
          started)
     rows["nnUNetTrainer (image only)"] = {"report": mean_dice(dataset_folder / "labelsTs", out, dataset_folder)}
     for trainer in trainers[1:]:
         row = {}
         for mode in ("report", "shuffled", "none"):
-            out = predictions / f"{trainer}_{mode}"
+            out = predictions / f"{trainer}__{plans_id}_{mode}"
             _run(f"predict {trainer} ({mode})", [_bin("nnUNetv2_predict_vl"), *common, "-o", str(out), "-tr",
                                                  trainer, "--text-mode", mode], env, log, started)
             row[mode] = mean_dice(dataset_folder / "labelsTs", out, dataset_folder)
@@ -116,9 +126,18 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     print(table)
     print(f"\nwall time {elapsed / 60:.1f} min; log: {log}")
     summary = {"rows": rows, "wall_time_s": elapsed, "dataset": dataset_folder.name, "configuration": configuration,
-               "budget": budget}
+               "budget": budget, "plans": plans_id}
     (workdir / "demo_results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def _trainer_exists(name: str) -> bool:
+    """Whether nnU-Net finds trainer `name` (its own variants, or ours through nnUNet_extTrainer)."""
+    from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs
+
+    from nnunet_vl.trainers import nnunet_vl_trainers
+
+    return hasattr(nnunet_vl_trainers, name) or hasattr(nnUNetTrainer_Xepochs, name)
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

@@ -1,6 +1,7 @@
 """Fingerprint, plan and preprocess a dataset with text, through nnU-Net's own API."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,26 @@ def _first_training_image_properties(raw_folder: Path, dataset_json: dict, reade
     first = cases[sorted(cases)[0]]
     _, properties = reader_writer().read_images(first["images"])
     return properties
+
+
+def plans_with_batch_size(preprocessed_folder: Path, configuration: str, batch_size: int | None,
+                          plans_name: str = "nnUNetPlans") -> str:
+    """The plans identifier to train with: `plans_name`, or its copy `<plans_name>_bs<N>` with another batch size.
+
+    This is how nnU-Net's docs change the batch size: the copy keeps the data identifier, so the
+    preprocessed data is shared. The copy is (re)written only when missing or different.
+    """
+    folder = Path(preprocessed_folder)
+    plans = json.loads((folder / f"{plans_name}.json").read_text(encoding="utf-8"))
+    if batch_size is None or batch_size == plans["configurations"][configuration]["batch_size"]:
+        return plans_name
+    identifier = f"{plans_name}_bs{batch_size}"
+    plans["plans_name"] = identifier
+    plans["configurations"][configuration]["batch_size"] = batch_size
+    target = folder / f"{identifier}.json"
+    if not target.is_file() or json.loads(target.read_text(encoding="utf-8")) != plans:
+        target.write_text(json.dumps(plans, indent=1) + "\n", encoding="utf-8")
+    return identifier
 
 
 def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres"),

@@ -20,7 +20,8 @@ def test_text_matters_smallest(tmp_path, tiny_bert):
         {"results": {"2D": {"rows": {}}, "3D": earlier_3d}, "rule": "position", "command": "python earlier 3d"}))
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "text_matters.py"), "--smallest",
                              "--methods", "BiPVL", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path),
-                             "--text-encoder", str(tiny_bert)], capture_output=True, text=True, env=env)
+                             "--text-encoder", str(tiny_bert), "--batch-size", "3"], capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "text_matters.json").read_text())
     rows = report["results"]["2D"]["rows"]
@@ -28,9 +29,17 @@ def test_text_matters_smallest(tmp_path, tiny_bert):
     for row in rows.values():
         assert all(0.0 <= v <= 1.0 and not math.isnan(v) for v in row.values())
     assert set(rows["nnUNetTrainerBiPVL_cpu"]) == {"report", "shuffled", "none"}
+    # every model trained (and predicted) with the batch-3 copy of the plans
+    assert report["results"]["2D"]["plans"] == "nnUNetPlans_bs3"
+    results = tmp_path / "work" / "2d" / "results" / "Dataset990_SynthVL2D"
+    assert sorted(p.name for p in results.iterdir()) == [f"{t}__nnUNetPlans_bs3__2d" for t in
+                                                         ("nnUNetTrainerBiPVL_cpu", "nnUNetTrainer_cpu")]
+    assert json.loads((results / "nnUNetTrainer_cpu__nnUNetPlans_bs3__2d" / "plans.json").read_text())[
+        "configurations"]["2d"]["batch_size"] == 3
     assert (tmp_path / "text_matters.png").stat().st_size > 0
     md = (tmp_path / "text_matters.md").read_text()
     assert "| model | with report |" in md
     assert report["results"]["3D"] == {"command": "python earlier 3d", **earlier_3d}
     assert list(report["results"]) == ["2D", "3D"] and "--smallest" in report["results"]["2D"]["command"]
     assert md.index("**2D**") < md.index("**3D**") and "command `python earlier 3d`" in md
+    assert "plans `nnUNetPlans_bs3`" in md and "plans `nnUNetPlans`, budget `demo`" in md  # earlier: planned batch

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
 
 
@@ -54,3 +56,11 @@ def test_demo_refuses_a_work_dir_made_for_another_rule(tmp_path):
     assert result.returncode != 0
     assert "was made with rule 'side' and 16 training cases, this run asks for rule 'position'" in result.stderr
     assert list((tmp_path / "preprocessed").iterdir()) == []  # stopped before planning
+
+
+def test_demo_names_a_budget_without_that_trainer_before_doing_anything(tmp_path):
+    from nnunet_vl.cli.demo import run_demo
+
+    with pytest.raises(SystemExit, match=r"no trainer \['nnUNetTrainerBiPVL_noText_5epochs'\] for budget '5epochs'"):
+        run_demo(tmp_path, methods=["BiPVL", "BiPVL_noText"], budget="5epochs")
+    assert not list((tmp_path / "raw").iterdir())  # no dataset written

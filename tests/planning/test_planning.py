@@ -126,6 +126,24 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     assert isinstance(network, BiPVLUNet) and network.recompute_stages == [0]
 
 
+def test_plans_with_batch_size_changes_only_the_batch_size(planned_2d, nnunet_folders, tmp_path):
+    from nnunet_vl.planning.api import plans_with_batch_size
+
+    plans = _load(nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D" / "nnUNetPlans.json")
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans), encoding="utf-8")
+    planned = plans["configurations"]["2d"]["batch_size"]
+    assert plans_with_batch_size(tmp_path, "2d", None) == plans_with_batch_size(tmp_path, "2d", planned) \
+        == "nnUNetPlans"
+    assert [p.name for p in tmp_path.iterdir()] == ["nnUNetPlans.json"]
+    identifier = plans_with_batch_size(tmp_path, "2d", planned + 1)
+    assert identifier == f"nnUNetPlans_bs{planned + 1}"
+    copy = _load(tmp_path / f"{identifier}.json")
+    assert copy["configurations"]["2d"].pop("batch_size") == planned + 1 and copy.pop("plans_name") == identifier
+    plans["configurations"]["2d"].pop("batch_size")
+    plans.pop("plans_name")
+    assert copy == plans  # same data identifier and text section: the preprocessed data is shared
+
+
 def test_resenc_planner_keeps_its_image_plans(planned_2d, tiny_bert, nnunet_folders):
     from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import \
         nnUNetPlannerResEncM
