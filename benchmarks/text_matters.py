@@ -8,7 +8,8 @@ benchmarks/results/text_matters.{json,md,png}.
     python benchmarks/text_matters.py --smallest      # smoke run: 2D, tiny data, 2 x 5 iterations
     python benchmarks/text_matters.py --dims 3 --methods BiPVL --budget 5epochs --batch-size 4
 
-Results of dimensions not run now are kept from the existing JSON, so `--dims 3` adds 3D beside an earlier 2D run.
+Results of dimensions and settings not run now are kept from the existing JSON, so `--dims 3` adds 3D beside an
+earlier 2D run, and a run with another --budget or --batch-size is a table of its own.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def plot(results: dict[str, dict], out: Path, rule: str) -> None:
     plt.close(fig)
 
 
-def earlier_results(path: Path, rule: str, keep: set[str]) -> dict[str, dict]:
-    """Results of the dimensions in `keep` from an earlier run's JSON (same rule), each with its command."""
+def earlier_results(path: Path, rule: str, replaced: set[str]) -> dict[str, dict]:
+    """Results of an earlier run's JSON (same rule) not `replaced` by this run, each with its command."""
     if not path.is_file():
         return {}
     report = json.loads(path.read_text(encoding="utf-8"))
@@ -62,7 +63,7 @@ def earlier_results(path: Path, rule: str, keep: set[str]) -> dict[str, dict]:
         return {}
     kept = {}
     for dim, summary in report["results"].items():
-        if dim in keep:
+        if dim not in replaced:
             # files written before results carried their own command kept it (and a note) at the top level
             kept[dim] = {"command": report.get("command"), **({"note": report["note"]} if "note" in report else {}),
                          **summary}
@@ -97,9 +98,11 @@ def main() -> None:
         summary = run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder, methods=args.methods,
                            quick=args.smallest, rule=args.rule, budget=None if args.smallest else args.budget,
                            batch_size=args.batch_size)
-        results[f"{dim}D"] = {"command": command, "machine": machine, **summary}
+        setting = "" if args.smallest or (args.budget, args.batch_size) == ("demo", None) else \
+            f", {summary['budget']} budget, {summary['plans']}"
+        results[f"{dim}D{setting}"] = {"command": command, "machine": machine, **summary}
     wall = time.time() - started
-    kept = earlier_results(out / f"{stem}.json", args.rule, {"2D", "3D"} - set(results))
+    kept = earlier_results(out / f"{stem}.json", args.rule, set(results))
     results = dict(sorted({**kept, **results}.items()))
     report = {"results": results, "wall_time_s": wall, "machine": machine, "goals": GOALS, "rule": args.rule,
               "command": command}
