@@ -47,7 +47,7 @@ def plot(results: dict[str, dict], out: Path, rule: str) -> None:
                            rotation=20, ha="right")
         ax.set_ylim(0, 1)
         ax.set_ylabel("mean Dice (test cases)")
-        ax.set_title(f"{dim} synthetic text-dependent data (reports name the target by {rule})")
+        ax.set_title(f"{dim} synthetic text-dependent data\n(reports name the target by {rule})", fontsize=10)
         ax.legend()
     fig.tight_layout()
     fig.savefig(out)
