@@ -72,8 +72,9 @@ def direction_axes_from_geometry(image_properties: dict, transpose_forward: list
 
 
 def recompute_stages(preset: dict, n_stages: int) -> list[int]:
-    """The preset's `recompute_stages` highest-resolution stages (none when the preset does not say)."""
-    return list(range(min(int(preset.get("recompute_stages", 0)), n_stages)))
+    """The preset's `recompute_stages` highest-resolution stages ("all", a count; none when the preset does not say)."""
+    wanted = preset.get("recompute_stages", 0)
+    return list(range(n_stages if wanted == "all" else min(int(wanted), n_stages)))
 
 
 class VLPlannerMixin:

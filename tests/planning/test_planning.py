@@ -93,7 +93,7 @@ def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_fold
         "configurations"]["2d"]
     preset = load_preset("bipvl")
 
-    def fused(recompute: int, target_gb: float) -> tuple[list[int], dict]:
+    def fused(recompute: int | str, target_gb: float) -> tuple[list[int], dict]:
         planner = SimpleNamespace(text_spec={"preset": dict(preset, recompute_stages=recompute)},
                                   UNet_vram_target_GB=target_gb)
         stages, estimate, _ = VLPlannerMixin._fusion_stages(planner, conf, 30)
@@ -105,6 +105,7 @@ def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_fold
     target_gb = budget_mb / 1024 / preset["text_vram_fraction"]
     assert 0 not in fused(0, target_gb)[0]
     assert fused(2, target_gb)[0] == stages
+    assert fused("all", target_gb)[0] == stages
 
 
 def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnunet_folders, tmp_path):
@@ -124,6 +125,15 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     assert plans.get_configuration("2d").configuration["text"]["recompute_stages"] == [0]
     network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)
     assert isinstance(network, BiPVLUNet) and network.recompute_stages == [0]
+    # the shipped tmca preset recomputes every enhanced stage
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True, plans_name="TMCAPresetPlans", preset="tmca")
+    plans = PlansManager(str(folder / "TMCAPresetPlans.json"))
+    text = plans.get_configuration("2d").configuration["text"]
+    n_stages = plans.get_configuration("2d").network_arch_init_kwargs["n_stages"]
+    assert text["recompute_stages"] == text["tmca"]["enhance_stages"] == list(range(n_stages))
+    network = build_vl_network("tmca", plans, plans.get_configuration("2d"), 1, 2)
+    assert network.recompute_stages == list(range(n_stages))
 
 
 def test_plans_with_batch_size_changes_only_the_batch_size(planned_2d, nnunet_folders, tmp_path):

@@ -31,3 +31,15 @@ def test_word_embeddings_frozen_and_text_encoder_at_its_factor(trainer):
     assert text["lr"] == pytest.approx(main["lr"] * trainer.text_plan["text_lr_factor"])
     # the frozen table still holds the pretrained vocabulary, so prediction needs nothing else
     assert word_embeddings.abs().sum() > 0 and "text_encoder.embeddings.word_embeddings.weight" in network.state_dict()
+
+
+def test_optimizer_keeps_two_state_tensors_per_trained_parameter(trainer):
+    # AdamW without AMSGrad: exp_avg and exp_avg_sq, no third max_exp_avg_sq (a fifth of the training memory)
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    assert params and all(trainer.optimizer.state[p].keys() == {"step", "exp_avg", "exp_avg_sq"} for p in params)
+    assert sum(sum(t.numel() for k, t in trainer.optimizer.state[p].items() if k != "step") for p in params) == \
+        2 * sum(p.numel() for p in params)
