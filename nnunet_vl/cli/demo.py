@@ -132,12 +132,17 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
 
 
 def _trainer_exists(name: str) -> bool:
-    """Whether nnU-Net finds trainer `name` (its own variants, or ours through nnUNet_extTrainer)."""
-    from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs
+    """Whether nnU-Net's trainer lookup finds `name`: in nnunetv2, or in our nnUNet_extTrainer directory."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-    from nnunet_vl.trainers import nnunet_vl_trainers
-
-    return hasattr(nnunet_vl_trainers, name) or hasattr(nnUNetTrainer_Xepochs, name)
+    package = nnunetv2.__path__[0]
+    if recursive_find_python_class(os.path.join(package, "training", "nnUNetTrainer"), name,
+                                   "nnunetv2.training.nnUNetTrainer", package) is not None:
+        return True
+    ours = str(trainer_dir())
+    return recursive_find_python_class(ours, name, None, base_folder=ours,
+                                       cleanup_imports_from_base_folder=True) is not None
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
