@@ -71,10 +71,14 @@ def direction_axes_from_geometry(image_properties: dict, transpose_forward: list
             source)
 
 
+def stage_count(wanted: int | str, n_stages: int) -> int:
+    """How many of `n_stages` stages a preset value means: "all", or a count capped at n_stages."""
+    return n_stages if wanted == "all" else min(int(wanted), n_stages)
+
+
 def recompute_stages(preset: dict, n_stages: int) -> list[int]:
     """The preset's `recompute_stages` highest-resolution stages ("all", a count; none when the preset does not say)."""
-    wanted = preset.get("recompute_stages", 0)
-    return list(range(n_stages if wanted == "all" else min(int(wanted), n_stages)))
+    return list(range(stage_count(preset.get("recompute_stages", 0), n_stages)))
 
 
 class VLPlannerMixin:
@@ -106,8 +110,7 @@ class VLPlannerMixin:
         preset = self.text_spec["preset"]
         arch = conf["architecture"]["arch_kwargs"]
         n_stages = arch["n_stages"]
-        wanted = n_stages if preset["fusion_stages"] == "all" else min(int(preset["fusion_stages"]), n_stages)
-        stages = list(range(n_stages - wanted, n_stages))
+        stages = list(range(n_stages - stage_count(preset["fusion_stages"], n_stages), n_stages))
         spatial = np.asarray(conf["patch_size"], dtype=float)
         tokens = []
         for s in arch["strides"]:
@@ -153,9 +156,8 @@ class VLPlannerMixin:
             axes = {k: (v - 1 if v is not None and v > 0 else None) for k, v in axes.items()}
         n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
         tmca = dict(preset["tmca"])
-        align = list(range(min(int(tmca.pop("align_stages")), n_stages)))
-        wanted = tmca.pop("enhance_stages")
-        enhance = list(range(n_stages - (n_stages if wanted == "all" else min(int(wanted), n_stages)), n_stages))
+        align = list(range(stage_count(tmca.pop("align_stages"), n_stages)))
+        enhance = list(range(n_stages - stage_count(tmca.pop("enhance_stages"), n_stages), n_stages))
         weights = tmca.pop("level_weights")
         tmca.update(align_stages=align, enhance_stages=enhance,
                     level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
