@@ -25,6 +25,17 @@ def text_plan(plans_manager: PlansManager, configuration_manager: ConfigurationM
     return text
 
 
+def text_lr_factor(text: dict, method: str) -> float:
+    """Learning-rate factor of the text encoder for `method`; 0 freezes it.
+
+    The `tmca` section may override the shared factor: TMCA reads only the report's last hidden states, and
+    fine-tuning the encoder under its alignment loss erased what tells reports apart (README: TMCA in 3D).
+    """
+    if method == "tmca":
+        return float(text["tmca"].get("text_lr_factor", text["text_lr_factor"]))
+    return float(text["text_lr_factor"])
+
+
 def build_vl_network(method: str, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                      num_input_channels: int, num_output_channels: int,
                      enable_deep_supervision: bool = True) -> nn.Module:
@@ -36,7 +47,9 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
                                         num_input_channels, num_output_channels, allow_init=True,
                                         deep_supervision=enable_deep_supervision)
     text_encoder = build_encoder_from_config(text["encoder_config"])
-    if not text.get("train_word_embeddings", False):
+    if text_lr_factor(text, method) == 0:
+        text_encoder.requires_grad_(False)
+    elif not text.get("train_word_embeddings", False):
         # the vocabulary table is most of a small encoder's weights; its dense gradient and AdamW state cost
         # more than the rest of the text branch, and a segmentation dataset is too small to retrain it
         text_encoder.get_input_embeddings().weight.requires_grad_(False)

@@ -23,7 +23,7 @@ from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, res
 from nnunet_vl.text.provider import TextProvider, tokenizer_files
 from nnunet_vl.text.tokens import TextTokenizer
 from nnunet_vl.training.progress import add_text_terms_to_logger
-from nnunet_vl.training.network_builder import text_plan
+from nnunet_vl.training.network_builder import text_lr_factor, text_plan
 
 MAX_ROTATION_DEGREES = 15.0  # larger rotations turn "upper left" into another place; 2D nnU-Net rotates up to 180
 
@@ -119,7 +119,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
         With nnU-Net's SGD the zero-initialised fusion gates open too slowly: the fusion weights get
         gradients scaled by the still-tiny gates, and a short schedule ends before the text is used.
         AdamW's per-parameter step sizes do not depend on that scale. The text encoder gets
-        `text_lr_factor` times the learning rate; its word embeddings stay frozen unless the plans say
+        `text_lr_factor` times the learning rate (0: frozen); its word embeddings stay frozen unless the plans say
         `train_word_embeddings`. No AMSGrad (nnU-Net's nnUNetTrainerAdam uses it): its third state
         tensor per trained weight was 6% of BiPVL's training peak at QaTa (129 of 2005 MB).
         """
@@ -128,8 +128,9 @@ class nnUNetTrainerVL(nnUNetTrainer):
         groups = [
             {"params": [p for p in network.parameters() if id(p) not in text_ids], "lr_factor": 1.0},
             {"params": [p for p in network.text_encoder.parameters() if p.requires_grad],
-             "lr_factor": float(self.text_plan["text_lr_factor"])},
+             "lr_factor": text_lr_factor(self.text_plan, self.method)},
         ]
+        groups = [g for g in groups if g["params"]]  # a frozen encoder (factor 0) has none
         optimizer = torch.optim.AdamW(groups, self.initial_lr, weight_decay=self.weight_decay)
         return optimizer, GroupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 

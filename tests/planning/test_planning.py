@@ -125,6 +125,7 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     assert plans.get_configuration("2d").configuration["text"]["recompute_stages"] == [0]
     network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)
     assert isinstance(network, BiPVLUNet) and network.recompute_stages == [0]
+    assert any(p.requires_grad for p in network.text_encoder.parameters())  # BiPVL fine-tunes its encoder
     # the shipped tmca preset recomputes every enhanced stage
     plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
                            no_preprocessing=True, plans_name="TMCAPresetPlans", preset="tmca")
@@ -134,6 +135,8 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     assert text["recompute_stages"] == text["tmca"]["enhance_stages"] == list(range(n_stages))
     network = build_vl_network("tmca", plans, plans.get_configuration("2d"), 1, 2)
     assert network.recompute_stages == list(range(n_stages))
+    # TMCA trains on the pretrained report states: the preset's tmca section freezes the encoder
+    assert text["tmca"]["text_lr_factor"] == 0 and not any(p.requires_grad for p in network.text_encoder.parameters())
 
 
 def test_plans_with_batch_size_changes_only_the_batch_size(planned_2d, nnunet_folders, tmp_path):
