@@ -7,8 +7,8 @@ Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so t
   embedding is the masked mean of the last hidden states. Class and concept texts are not used: the
   report alone says which target to segment. The HF pooler is removed (it would get no gradient).
   The presets freeze the encoder for TMCA (`tmca.text_lr_factor` 0, applied by the network builder):
-  fine-tuned under the alignment loss, it erased the words that tell reports apart (3D synthetic data:
-  the side word's share of its token state's variance fell from 0.34 to 0.00) and TMCA never read them.
+  fine-tuned, it erased the words that tell reports apart (3D synthetic data: the side word's share of its
+  token state's variance fell from 0.34 to 0.00) and TMCA never read them; frozen, it reads them early.
 - Alignment (`align_stages`): each level has a text head (MLP, hidden → proj_dim) and a linear image
   head (stage channels → proj_dim, no bias). Because the image head is linear, it commutes with mask
   pooling, so the loss (`nnunet_vl.losses.tmca`) pools the raw stage features with the ground-truth

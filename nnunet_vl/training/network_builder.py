@@ -29,7 +29,7 @@ def text_lr_factor(text: dict, method: str) -> float:
     """Learning-rate factor of the text encoder for `method`; 0 freezes it.
 
     The `tmca` section may override the shared factor: TMCA reads only the report's last hidden states, and
-    fine-tuning the encoder under its alignment loss erased what tells reports apart (README: TMCA in 3D).
+    fine-tuning the encoder erased what tells reports apart (README, Methods: *report encoder frozen*).
     """
     if method == "tmca":
         return float(text["tmca"].get("text_lr_factor", text["text_lr_factor"]))
