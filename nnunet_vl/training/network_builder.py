@@ -28,12 +28,11 @@ def text_plan(plans_manager: PlansManager, configuration_manager: ConfigurationM
 def text_lr_factor(text: dict, method: str) -> float:
     """Learning-rate factor of the text encoder for `method`; 0 freezes it.
 
-    The `tmca` section may override the shared factor: TMCA reads only the report's last hidden states, and
-    fine-tuning the encoder erased what tells reports apart (README, Methods: *report encoder frozen*).
+    A method's own section (the presets' `tmca`) may override the shared factor: TMCA reads only the report's
+    last hidden states, and fine-tuning the encoder erased what tells reports apart (README, Methods:
+    *report encoder frozen*).
     """
-    if method == "tmca":
-        return float(text["tmca"].get("text_lr_factor", text["text_lr_factor"]))
-    return float(text["text_lr_factor"])
+    return float(text.get(method, {}).get("text_lr_factor", text["text_lr_factor"]))
 
 
 def build_vl_network(method: str, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
