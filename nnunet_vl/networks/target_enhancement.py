@@ -9,11 +9,17 @@ map A. The stage output becomes
 
 with both gates zero-initialised, so an untrained module returns its input unchanged. Attention runs
 from image tokens to text tokens only (no image self-attention), so its cost is linear in voxels.
+
+With `pool` (a kernel > 1 on some axis) the tokens are the stage output average-pooled by that kernel:
+A, the modulation and the gated text term are computed on the coarser grid, and the last two are
+interpolated back to the stage's grid (both are affine in A and the attended text, so this equals
+interpolating A and the text), where the features are modulated. At a high-resolution stage this
+leaves only the pooling, one interpolation and the modulation at full resolution.
 """
 from __future__ import annotations
 
 import math
-from typing import Type
+from typing import Sequence, Type
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,10 @@ def normalised_coordinates(spatial_shape: tuple[int, ...], device: torch.device)
     """(N, dims) voxel-centre coordinates in [-1, 1], in the row-major order of `flatten`."""
     axes = [(torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1 for n in spatial_shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
+
+
+INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class CoordinateEncoding(nn.Module):
@@ -51,6 +61,7 @@ class TargetEnhancement(nn.Module):
         channels: channels of the stage output it enhances.
         text_dim: hidden size of the text encoder.
         fusion_dim, num_heads: width and heads of the image→text cross-attention.
+        pool: average-pooling kernel of the token grid per spatial axis (None or all 1: the stage's grid).
     """
 
     def __init__(
@@ -61,13 +72,19 @@ class TargetEnhancement(nn.Module):
         fusion_dim: int,
         num_heads: int,
         num_frequencies: int = 4,
+        pool: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if fusion_dim % num_heads:
             raise ValueError(f"fusion_dim {fusion_dim} is not divisible by num_heads {num_heads}")
+        dims = convert_conv_op_to_dim(conv_op)
+        pool = tuple(int(k) for k in pool) if pool is not None else (1,) * dims
+        if len(pool) != dims or min(pool) < 1:
+            raise ValueError(f"pool {list(pool)} must give a kernel >= 1 for each of the {dims} spatial axes")
+        self.pool = pool if max(pool) > 1 else None
         self.num_heads = num_heads
         self.image_in = conv_op(channels, fusion_dim, kernel_size=1)
-        self.position = CoordinateEncoding(convert_conv_op_to_dim(conv_op), fusion_dim, num_frequencies)
+        self.position = CoordinateEncoding(dims, fusion_dim, num_frequencies)
         self.query_norm = nn.LayerNorm(fusion_dim)
         self.text_norm = nn.LayerNorm(text_dim)
         self.query = nn.Linear(fusion_dim, fusion_dim)
@@ -88,12 +105,17 @@ class TargetEnhancement(nn.Module):
         features:    (B, C, *spatial) stage output
         text_tokens: (B, L, text_dim) report token states
         text_mask:   (B, L) 1 for real tokens, 0 for padding
-        Returns the enhanced features (B, C, *spatial) and the attention map A (B, 1, *spatial) in [0, 1].
+        Returns the enhanced features (B, C, *spatial) and the attention map A (B, 1, *grid) in [0, 1] on the
+        token grid (the stage's grid, or the pooled one).
         """
         batch, _, *spatial = features.shape
         spatial = tuple(spatial)
-        image = self.image_in(features).flatten(2).transpose(1, 2)  # (B, N, fusion_dim)
-        image = image + self.position(spatial).to(image.dtype)
+        tokens = features
+        if self.pool is not None:
+            tokens = _AVG_POOL[len(spatial)](features, self.pool, self.pool, ceil_mode=True)
+        grid = tuple(tokens.shape[2:])
+        image = self.image_in(tokens).flatten(2).transpose(1, 2)  # (B, N, fusion_dim)
+        image = image + self.position(grid).to(image.dtype)
 
         attend = text_mask.bool()
         # an all-padding row would make the softmax NaN: let such a row see its first token
@@ -103,12 +125,16 @@ class TargetEnhancement(nn.Module):
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attend[:, None, None, :])
         attended = self.attended_out(attended.transpose(1, 2).flatten(2))  # (B, N, fusion_dim)
 
-        attention = torch.sigmoid(self.score(image + attended)).transpose(1, 2).reshape(batch, 1, *spatial)
-        attended_text = self.text_out(attended.transpose(1, 2).reshape(batch, -1, *spatial))
-        view = (1, -1) + (1,) * len(spatial)
+        attention = torch.sigmoid(self.score(image + attended)).transpose(1, 2).reshape(batch, 1, *grid)
+        attended_text = self.text_out(attended.transpose(1, 2).reshape(batch, -1, *grid))
+        view = (1, -1) + (1,) * len(grid)
         modulation = 1 + torch.tanh(self.attention_gate).view(view) * (2 * attention - 1)
-        enhanced = features * modulation + torch.tanh(self.text_gate).view(view) * attended_text
-        return enhanced, attention
+        added = (torch.tanh(self.text_gate).view(view) * attended_text).contiguous()  # standard layout for the result
+        if self.pool is not None:  # both are affine in A and the attended text, so interpolating them commutes
+            both = F.interpolate(torch.cat([modulation, added], dim=1), size=spatial,
+                                 mode=INTERPOLATION[len(spatial)], align_corners=False)
+            modulation, added = both.chunk(2, dim=1)
+        return torch.addcmul(added, features, modulation), attention
 
     def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, D) → (B, heads, L, D / heads)."""

@@ -17,6 +17,8 @@ Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so t
   that enhancement injects.
 - Enhancement (`enhance_stages`): `TargetEnhancement` replaces the stage output, so it feeds both the
   next stage and the decoder skip. Its gates start at zero, so an untrained TMCAUNet is the image U-Net.
+  At high-resolution stages the plans pool its token grid (`enhance_pool`, see `planning.planners.enhance_pools`):
+  attending from every voxel of a 224² stage cost six times the stage's own convolutions.
 """
 from __future__ import annotations
 
@@ -29,13 +31,12 @@ from torch import nn
 
 from nnunet_vl.networks.fusion import fusion_width
 from nnunet_vl.networks.recompute import run_block
-from nnunet_vl.networks.target_enhancement import TargetEnhancement
+from nnunet_vl.networks.target_enhancement import INTERPOLATION, TargetEnhancement
 from nnunet_vl.networks.text_branch import masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
 
 _KEY_MODULUS = 2**31 - 1
-_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def report_keys(report_ids: torch.Tensor, report_mask: torch.Tensor) -> torch.Tensor:
@@ -62,6 +63,7 @@ class TMCAUNet(nn.Module):
         num_classes: segmentation classes (must match image_unet's output).
         proj_dim: width of the alignment embedding space.
         recompute_stages: enhanced stages whose enhancement recomputes its activations in backward (run_block).
+        enhance_pool: per enhance stage, the average-pooling kernel of its token grid (None: no pooling).
 
     Aux outputs (`return_aux=True`), level i ↔ encoder stage align_stages[i]:
         features_l{i}:   (B, C_i, *spatial_i) stage output before enhancement
@@ -81,12 +83,16 @@ class TMCAUNet(nn.Module):
         num_classes: int,
         proj_dim: int = 128,
         recompute_stages: Sequence[int] = (),
+        enhance_pool: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         channels = encoder_stage_channels(image_unet)
         for name, stages in (("align_stages", align_stages), ("enhance_stages", enhance_stages)):
             if len(set(stages)) != len(stages) or not all(0 <= s < len(channels) for s in stages):
                 raise ValueError(f"{name} {list(stages)} must be distinct stages in [0, {len(channels) - 1}]")
+        if enhance_pool is not None and len(enhance_pool) != len(enhance_stages):
+            raise ValueError(f"enhance_pool needs one kernel per enhance stage {list(enhance_stages)}, "
+                             f"got {len(enhance_pool)}")
         if image_unet.decoder.num_classes != num_classes:
             raise ValueError(f"num_classes {num_classes} != image_unet's {image_unet.decoder.num_classes}")
         if getattr(text_encoder, "pooler", None) is not None:
@@ -110,8 +116,9 @@ class TMCAUNet(nn.Module):
         self.enhancements = nn.ModuleDict(
             {
                 str(s): TargetEnhancement(conv_op, channels[s], text_dim,
-                                          *fusion_width(channels[s], fusion_dim, fusion_heads))
-                for s in self.enhance_stages
+                                          *fusion_width(channels[s], fusion_dim, fusion_heads),
+                                          pool=enhance_pool[i] if enhance_pool is not None else None)
+                for i, s in enumerate(self.enhance_stages)
             }
         )
 
@@ -193,6 +200,6 @@ class TMCAUNet(nn.Module):
         if not stage_attention:
             return x.new_full((x.shape[0], 1, *x.shape[2:]), 0.5)
         size = x.shape[2:]
-        mode = _INTERPOLATION[len(size)]
+        mode = INTERPOLATION[len(size)]
         upsampled = [F.interpolate(a, size=size, mode=mode, align_corners=False) for a in stage_attention]
         return torch.stack(upsampled).mean(dim=0).clamp(0.0, 1.0)

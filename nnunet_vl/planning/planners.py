@@ -81,6 +81,27 @@ def recompute_stages(preset: dict, n_stages: int) -> list[int]:
     return list(range(stage_count(preset.get("recompute_stages", 0), n_stages)))
 
 
+def enhance_pools(patch_size: list[int], strides: list[list[int]], stages: list[int],
+                  max_voxels: int | None) -> list[list[int]]:
+    """Average-pooling kernel of each enhanced stage's token grid (TMCA).
+
+    A stage whose grid (per sample) has more than `max_voxels` voxels attends from a coarser grid: the
+    following stages' strides, as many as it takes to reach `max_voxels` or the deepest stage. None: no pooling.
+    """
+    grids, spatial = [], np.asarray(patch_size, dtype=int)
+    for stride in strides:
+        spatial = spatial // np.asarray(stride, dtype=int)
+        grids.append(spatial)
+    pools = []
+    for s in stages:
+        kernel, k = np.ones(len(patch_size), dtype=int), s
+        while max_voxels is not None and np.prod(grids[k]) > max_voxels and k + 1 < len(strides):
+            k += 1
+            kernel = kernel * np.asarray(strides[k], dtype=int)
+        pools.append([int(v) for v in kernel])
+    return pools
+
+
 class VLPlannerMixin:
     """Adds the text section to every configuration the parent planner writes; the image part is the parent's."""
 
@@ -159,6 +180,9 @@ class VLPlannerMixin:
         align = list(range(stage_count(tmca.pop("align_stages"), n_stages)))
         enhance = list(range(n_stages - stage_count(tmca.pop("enhance_stages"), n_stages), n_stages))
         weights = tmca.pop("level_weights")
+        arch = conf["architecture"]["arch_kwargs"]
+        tmca["enhance_pool"] = enhance_pools(conf["patch_size"], arch["strides"], enhance,
+                                             tmca.pop("enhance_max_voxels", None))
         tmca.update(align_stages=align, enhance_stages=enhance,
                     level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
         return {

@@ -66,7 +66,7 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
         tmca = text["tmca"]
         network = TMCAUNet(image_unet, text_encoder, tmca["align_stages"], tmca["enhance_stages"],
                            text["fusion_dim"], text["fusion_heads"], num_classes, text["contrastive"]["proj_dim"],
-                           text.get("recompute_stages", []))
+                           text.get("recompute_stages", []), tmca.get("enhance_pool"))
     else:
         raise ValueError(f"unknown VL method '{method}'")
     network.text_assets = TextAssets()

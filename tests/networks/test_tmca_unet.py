@@ -262,3 +262,34 @@ def test_enhancement_ignores_padding_and_knows_position(dim: int) -> None:
     changed_padding[0, 3:] = torch.randn(2, 32)
     enhanced_again, attention_again = enhancement(features, changed_padding, mask)
     assert torch.allclose(enhanced_again[0], enhanced[0]) and torch.allclose(attention_again[0], attention[0])
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_pooled_enhancement_attends_from_the_coarse_grid(dim: int) -> None:
+    """With a pooling kernel the map comes from the pooled grid: on features constant within each pooling block
+    it equals an unpooled module's map on the coarse features, and the modulation is that map interpolated."""
+    torch.manual_seed(0)
+    conv_op = nn.Conv2d if dim == 2 else nn.Conv3d
+    kernel = (2,) * (dim - 1) + (4,)
+    pooled = TargetEnhancement(conv_op, 4, 32, 16, 2, pool=kernel)
+    nn.init.constant_(pooled.attention_gate, 1.0)
+    plain = TargetEnhancement(conv_op, 4, 32, 16, 2)
+    plain.load_state_dict(pooled.state_dict())
+    coarse = torch.randn(2, 4, *(4,) * dim)
+    fine = coarse
+    for axis, k in enumerate(kernel):
+        fine = fine.repeat_interleave(k, dim=2 + axis)
+    tokens, mask = torch.randn(2, 5, 32), torch.ones(2, 5)
+    fine.requires_grad_(True)
+    enhanced, attention = pooled(fine, tokens, mask)
+    _, coarse_attention = plain(coarse, tokens, mask)
+    assert attention.shape == (2, 1, *(4,) * dim) and enhanced.shape == fine.shape
+    assert torch.allclose(attention, coarse_attention, atol=1e-6)
+    mode = "bilinear" if dim == 2 else "trilinear"
+    upsampled = F.interpolate(coarse_attention, size=fine.shape[2:], mode=mode, align_corners=False)
+    expected = fine * (1 + torch.tanh(torch.tensor(1.0)) * (2 * upsampled - 1))  # text gate still 0
+    assert torch.allclose(enhanced, expected, atol=1e-5)
+    enhanced.sum().backward()
+    assert fine.grad is not None and pooled.query.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pool"):
+        TargetEnhancement(conv_op, 4, 32, 16, 2, pool=(2,) * (dim + 1))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_vl.planning.planners import direction_axes_from_geometry, load_preset, PresetError
+from nnunet_vl.planning.planners import direction_axes_from_geometry, enhance_pools, load_preset, PresetError
 
 
 def _load(path: Path) -> dict:
@@ -108,6 +108,15 @@ def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_fold
     assert fused("all", target_gb)[0] == stages
 
 
+def test_enhance_pools_reach_the_voxel_cap_with_the_following_strides() -> None:
+    strides = [[1, 1], [2, 2], [2, 2], [2, 2]]
+    assert enhance_pools([224, 224], strides, [0, 1, 2, 3], 4096) == [[4, 4], [2, 2], [1, 1], [1, 1]]
+    assert enhance_pools([224, 224], strides, [1, 3], None) == [[1, 1], [1, 1]]
+    assert enhance_pools([224, 224], strides, [0], 1) == [[8, 8]]  # never past the deepest stage
+    # anisotropic: only the axes the following stages downsample are pooled
+    assert enhance_pools([20, 192, 160], [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [0, 1], 20000) == [[2, 4, 4], [2, 2, 2]]
+
+
 def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnunet_folders, tmp_path):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -137,6 +146,21 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     assert network.recompute_stages == list(range(n_stages))
     # TMCA trains on the pretrained report states: the preset's tmca section freezes the encoder
     assert text["tmca"]["text_lr_factor"] == 0 and not any(p.requires_grad for p in network.text_encoder.parameters())
+    # a voxel cap below stage 0's grid: stage 0's enhancement attends from stage 1's grid, the others as they are
+    conf = plans.get_configuration("2d")
+    stage1_voxels = int(np.prod(np.asarray(conf.patch_size) // np.prod(conf.pool_op_kernel_sizes[:2], axis=0)))
+    tmca_preset = load_preset("tmca")
+    capped = tmp_path / "tmca_capped.json"
+    capped.write_text(json.dumps(dict(tmca_preset, tmca=dict(tmca_preset["tmca"], enhance_max_voxels=stage1_voxels))),
+                      encoding="utf-8")
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True, plans_name="TMCACappedPlans", preset=str(capped))
+    plans = PlansManager(str(folder / "TMCACappedPlans.json"))
+    pools = plans.get_configuration("2d").configuration["text"]["tmca"]["enhance_pool"]
+    assert pools[0] == list(conf.pool_op_kernel_sizes[1]) and all(k == [1, 1] for k in pools[1:])
+    network = build_vl_network("tmca", plans, plans.get_configuration("2d"), 1, 2)
+    assert network.enhancements["0"].pool == tuple(conf.pool_op_kernel_sizes[1])
+    assert all(network.enhancements[str(s)].pool is None for s in range(1, n_stages))
 
 
 def test_plans_with_batch_size_changes_only_the_batch_size(planned_2d, nnunet_folders, tmp_path):
