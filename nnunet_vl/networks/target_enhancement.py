@@ -11,10 +11,9 @@ with both gates zero-initialised, so an untrained module returns its input uncha
 from image tokens to text tokens only (no image self-attention), so its cost is linear in voxels.
 
 With `pool` (a kernel > 1 on some axis) the tokens are the stage output average-pooled by that kernel:
-A, the modulation and the gated text term are computed on the coarser grid, and the last two are
-interpolated back to the stage's grid (both are affine in A and the attended text, so this equals
-interpolating A and the text), where the features are modulated. At a high-resolution stage this
-leaves only the pooling, one interpolation and the modulation at full resolution.
+A and the gated text term are computed on the coarser grid and interpolated back to the stage's grid,
+where the features are modulated. At a high-resolution stage this leaves only the pooling, one
+interpolation and the modulation at full resolution.
 """
 from __future__ import annotations
 
@@ -128,12 +127,13 @@ class TargetEnhancement(nn.Module):
         attention = torch.sigmoid(self.score(image + attended)).transpose(1, 2).reshape(batch, 1, *grid)
         attended_text = self.text_out(attended.transpose(1, 2).reshape(batch, -1, *grid))
         view = (1, -1) + (1,) * len(grid)
-        modulation = 1 + torch.tanh(self.attention_gate).view(view) * (2 * attention - 1)
         added = (torch.tanh(self.text_gate).view(view) * attended_text).contiguous()  # standard layout for the result
-        if self.pool is not None:  # both are affine in A and the attended text, so interpolating them commutes
-            both = F.interpolate(torch.cat([modulation, added], dim=1), size=spatial,
+        attention_map = attention
+        if self.pool is not None:  # one interpolation for both; the modulation is affine in A, so it commutes
+            both = F.interpolate(torch.cat([attention, added], dim=1), size=spatial,
                                  mode=INTERPOLATION[len(spatial)], align_corners=False)
-            modulation, added = both.chunk(2, dim=1)
+            attention_map, added = both.split([1, added.shape[1]], dim=1)
+        modulation = 1 + torch.tanh(self.attention_gate).view(view) * (2 * attention_map - 1)
         return torch.addcmul(added, features, modulation), attention
 
     def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
