@@ -81,6 +81,15 @@ def recompute_stages(preset: dict, n_stages: int) -> list[int]:
     return list(range(stage_count(preset.get("recompute_stages", 0), n_stages)))
 
 
+def stage_grids(patch_size: list[int], strides: list[list[int]]) -> list[np.ndarray]:
+    """Spatial shape of every encoder stage's output for one patch (the patch divided by the strides so far)."""
+    grids, spatial = [], np.asarray(patch_size, dtype=float)
+    for stride in strides:
+        spatial = spatial / np.asarray(stride)
+        grids.append(spatial)
+    return grids
+
+
 def enhance_pools(patch_size: list[int], strides: list[list[int]], stages: list[int],
                   max_voxels: int | None) -> list[list[int]]:
     """Average-pooling kernel of each enhanced stage's token grid (TMCA).
@@ -88,10 +97,7 @@ def enhance_pools(patch_size: list[int], strides: list[list[int]], stages: list[
     A stage whose grid (per sample) has more than `max_voxels` voxels attends from a coarser grid: the
     following stages' strides, as many as it takes to reach `max_voxels` or the deepest stage. None: no pooling.
     """
-    grids, spatial = [], np.asarray(patch_size, dtype=int)
-    for stride in strides:
-        spatial = spatial // np.asarray(stride, dtype=int)
-        grids.append(spatial)
+    grids = stage_grids(patch_size, strides)
     pools = []
     for s in stages:
         kernel, k = np.ones(len(patch_size), dtype=int), s
@@ -132,11 +138,7 @@ class VLPlannerMixin:
         arch = conf["architecture"]["arch_kwargs"]
         n_stages = arch["n_stages"]
         stages = list(range(n_stages - stage_count(preset["fusion_stages"], n_stages), n_stages))
-        spatial = np.asarray(conf["patch_size"], dtype=float)
-        tokens = []
-        for s in arch["strides"]:
-            spatial = spatial / np.asarray(s)
-            tokens.append(int(np.prod(spatial)))
+        tokens = [int(np.prod(grid)) for grid in stage_grids(conf["patch_size"], arch["strides"])]
         depth, batch = preset["fusion_depth"], conf["batch_size"]
         widths = [fusion_width(c, preset["fusion_dim"], preset["fusion_heads"]) for c in arch["features_per_stage"]]
 
