@@ -84,19 +84,23 @@ def fused_stages(value: str, n_stages: int) -> list[int]:
 
 def make_settings(args, conf: dict) -> list[dict]:
     """One dict per (axis, value); equal settings on different axes are measured once (see `key`)."""
+    from nnunet_vl.planning.planners import load_preset, token_pools
+
     factors = [float(f) for f in args.patch_factors.split(",")]
     stages = [s.strip() for s in args.stages.split(",")]
     lengths = [int(n) for n in args.lengths.split(",")]
     base = {"factor": factors[0], "stages": stages[-1], "length": args.base_length}
     arch = conf["architecture"]["arch_kwargs"]
+    max_voxels = load_preset(args.preset).get("fusion_max_voxels")
     out = []
     for axis, key, values in (("patch voxels", "factor", factors), ("fused stages", "stages", stages),
                               ("report tokens", "length", lengths)):
         for value in values:
             s = dict(base, **{key: value})
             patch = scaled_patch(conf["patch_size"], s["factor"], total_strides(arch))
+            fused = fused_stages(str(s["stages"]), arch["n_stages"])
             out.append({"axis": axis, "value": value, "patch_size": patch, "voxels": math.prod(patch),
-                        "fusion_stages": fused_stages(str(s["stages"]), arch["n_stages"]),
+                        "fusion_stages": fused, "fusion_pool": token_pools(patch, arch["strides"], fused, max_voxels),
                         "report_tokens": s["length"], "key": f"p{'x'.join(map(str, patch))}_s{s['stages']}_l{s['length']}"})
     return out
 
@@ -107,6 +111,7 @@ def setting_plans(plans: dict, configuration: str, setting: dict, model: str) ->
     conf["patch_size"] = setting["patch_size"]
     if model != "image":
         conf["text"]["fusion_stages"] = setting["fusion_stages"]
+        conf["text"]["fusion_pool"] = setting["fusion_pool"]
         conf["text"]["max_tokens"] = setting["report_tokens"]
     return plans
 
@@ -130,7 +135,7 @@ def planner_estimate(preset_name: str, conf: dict, setting: dict, num_classes: i
     def estimate(preset: dict, stages_wanted: int) -> dict:
         planner = common.fake_self(text_spec={"preset": dict(preset, fusion_stages=stages_wanted)},
                                    UNet_vram_target_GB=1e9)
-        _, per_stage, _ = VLPlannerMixin._fusion_stages(planner, conf, tokens)
+        _, _, per_stage, _ = VLPlannerMixin._fusion_stages(planner, conf, tokens)
         return per_stage
 
     preset = load_preset(preset_name)
@@ -279,14 +284,22 @@ def run_as_worker(spec_json: str) -> None:
 
 
 # ----- driver -----------------------------------------------------------------------------------------------
+def _pooling(stages: list[int], pools: list[list[int]] | None) -> str:
+    """Kernels of the pooled stages, e.g. "s0 2×2×2" ("none" when no stage pools)."""
+    pooled = [f"s{k} " + "×".join(map(str, p)) for k, p in zip(stages, pools or []) if max(p) > 1]
+    return ", ".join(pooled) or "none"
+
+
 def markdown(payload: dict) -> str:
     s, m = payload["settings"], payload["machine"]
-    header = ["axis", "value", "patch", "voxels", "fused stages", "text tokens", "BiPVL s", "image s",
-              "text branch s", "text / image", "text act. MB (measured)", "planner MB", "planner formula @ real widths MB"]
+    header = ["axis", "value", "patch", "voxels", "fused stages", "token pooling", "text tokens", "BiPVL s",
+              "image s", "text branch s", "text / image", "text act. MB (measured)", "planner MB",
+              "planner formula @ real widths MB"]
     body = [[r["axis"], r["value"], "×".join(map(str, r["patch_size"])), r["voxels"], str(r["fusion_stages"]),
-             r["text_tokens"], f"{r['bipvl_s']:.3f}", f"{r['image_s']:.3f}", f"{r['text_branch_s']:.3f}",
-             f"{r['text_branch_relative']:.2f}", f"{r['text_activation_mb']:.1f}", f"{r['planner_mb']:.1f}",
-             f"{r['planner_actual_widths_mb']:.1f}"] for r in payload["rows"]]
+             _pooling(r["fusion_stages"], r.get("fusion_pool")), r["text_tokens"], f"{r['bipvl_s']:.3f}",
+             f"{r['image_s']:.3f}", f"{r['text_branch_s']:.3f}", f"{r['text_branch_relative']:.2f}",
+             f"{r['text_activation_mb']:.1f}", f"{r['planner_mb']:.1f}", f"{r['planner_actual_widths_mb']:.1f}"]
+            for r in payload["rows"]]
     lines = [
         "# Scaling of BiPVL's text branch",
         "",
@@ -298,7 +311,8 @@ def markdown(payload: dict) -> str:
         common.markdown_table(header, [[str(v) for v in row] for row in body]),
         "",
         "Text branch s = BiPVL − image-only time of forward + loss + backward (no optimizer step); text tokens = "
-        "report tokens + one per class. Text act. MB = peak memory of that pass above the memory held before it "
+        "report tokens + one per class; token pooling = the average-pooling kernel of a fused stage's image tokens "
+        "(the preset's `fusion_max_voxels`; `planning.planners.token_pools`). Text act. MB = peak memory of that pass above the memory held before it "
         f"(parameters and gradients), BiPVL − image-only, each in its own process ({payload['memory_method']}). "
         "Planner MB = `VLPlannerMixin._fusion_stages`' estimate for the fused stages (fusion activations only, "
         "every block `fusion_dim` wide, 24 B per token·channel + 2·heads·tokens·4 B of attention per image token); "
@@ -342,7 +356,7 @@ def main(argv=None) -> int:
         image_mb = memory[memory_key(setting, "image")]["activation_peak_mb"]
         estimate = planner_estimate(args.preset, conf, setting, num_classes)
         rows.append({**{k: setting[k] for k in ("axis", "value", "patch_size", "voxels", "fusion_stages",
-                                                "report_tokens")},
+                                                "fusion_pool", "report_tokens")},
                      "text_tokens": setting["report_tokens"] + num_classes,
                      "bipvl_s": bipvl_s, "image_s": image_s, "text_branch_s": bipvl_s - image_s,
                      "text_branch_relative": (bipvl_s - image_s) / image_s if image_s > 0 else math.nan,

@@ -23,6 +23,8 @@ class BiPVLUNet(nn.Module):
     chunk. All fusion gates start at zero, so an untrained network computes exactly `image_unet(x)`.
     A fusion block is `fusion_dim` wide, or as wide as its stage where that is narrower (fusion_width).
     Fusion blocks at `recompute_stages` recompute their activations in the backward pass (run_block).
+    `fusion_pool` gives each fused stage the average-pooling kernel of its image tokens (planned by
+    `planning.planners.token_pools` for high-resolution stages; None: every voxel is a token).
 
     Aux outputs (`return_aux=True`), all embeddings L2-normalised except the maps:
       text_class      (B, C, P)  class text: each class's token in the final fused text
@@ -48,12 +50,15 @@ class BiPVLUNet(nn.Module):
         proj_dim: int = 128,
         uncertainty_weighting: bool = False,
         recompute_stages: Sequence[int] = (),
+        fusion_pool: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         channels = encoder_stage_channels(image_unet)
         stages = sorted(set(int(k) for k in fusion_stages))
         if not stages or stages[0] < 0 or stages[-1] >= len(channels):
             raise ValueError(f"fusion_stages {list(fusion_stages)} must index the {len(channels)} encoder stages")
+        if fusion_pool is not None and len(fusion_pool) != len(stages):
+            raise ValueError(f"fusion_pool needs one kernel per fusion stage {stages}, got {len(fusion_pool)}")
         self.image_unet = image_unet
         self.fusion_stages = stages
         self.recompute_stages = sorted(set(int(k) for k in recompute_stages))
@@ -63,8 +68,8 @@ class BiPVLUNet(nn.Module):
         conv_op = image_unet.encoder.conv_op
         self.fusion = nn.ModuleList(
             BidirectionalFusionBlock(conv_op, channels[k], hidden, *fusion_width(channels[k], fusion_dim, fusion_heads),
-                                     fusion_depth)
-            for k in stages
+                                     fusion_depth, pool=fusion_pool[i] if fusion_pool is not None else None)
+            for i, k in enumerate(stages)
         )
         self.visual_projections = nn.ModuleList(nn.Linear(channels[k], proj_dim, bias=False) for k in stages)
         self.text_projection = nn.Linear(hidden, proj_dim)

@@ -2,17 +2,21 @@
 
 Only image x text attention is computed (no image self-attention), so the cost is linear in the
 number of voxels. Attention uses `scaled_dot_product_attention`; text padding is masked everywhere.
+At high-resolution stages the image tokens can come from an average-pooled grid (`pool`); the image
+update is then computed there and interpolated back to the stage's grid.
 """
 from __future__ import annotations
 
 import math
-from typing import Type
+from typing import Sequence, Type
 
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+
+from nnunet_vl.networks.pooling import pool_grid, pool_kernel, upsample
 
 
 def fusion_width(stage_channels: int, fusion_dim: int, fusion_heads: int) -> tuple[int, int]:
@@ -103,6 +107,10 @@ class BidirectionalFusionBlock(nn.Module):
     `dim` by a linear layer. After `depth` two-way layers both are projected back to their own width
     and added through zero-initialised per-channel tanh gates: at initialisation the block is the
     identity for the image and for the text.
+
+    With `pool` (a kernel > 1 on some axis) the image tokens are the feature map average-pooled by that
+    kernel; the gated image update is computed on that grid and linearly interpolated back, so only the
+    pooling, one interpolation and the addition run at the stage's resolution.
     """
 
     def __init__(
@@ -114,10 +122,12 @@ class BidirectionalFusionBlock(nn.Module):
         heads: int,
         depth: int,
         num_frequencies: int = 6,
+        pool: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.num_frequencies = num_frequencies
         ndim = convert_conv_op_to_dim(conv_op)
+        self.pool = pool_kernel(pool, ndim)
         self.image_in = conv_op(image_channels, dim, kernel_size=1)
         self.position = nn.Linear(ndim * (1 + 2 * num_frequencies), dim, bias=False)
         self.text_in = nn.Linear(text_channels, dim)
@@ -134,15 +144,17 @@ class BidirectionalFusionBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, Ci, *spatial), text (B, T, Ct), text_mask (B, T) bool (True = real token) -> same shapes."""
         b, _, *spatial = image.shape
-        tokens = self.image_in(image).flatten(2).transpose(1, 2)
-        position = coordinate_encoding(tuple(spatial), self.num_frequencies, image.device, tokens.dtype)
+        pooled = pool_grid(image, self.pool)
+        grid = tuple(pooled.shape[2:])
+        tokens = self.image_in(pooled).flatten(2).transpose(1, 2)
+        position = coordinate_encoding(grid, self.num_frequencies, image.device, tokens.dtype)
         tokens = tokens + self.position(position)
         text_tokens = self.text_in(text)
         key_mask = text_mask[:, None, None, :]
         for layer in self.layers:
             tokens, text_tokens = layer(tokens, text_tokens, key_mask)
-        tokens = self.image_norm_out(tokens).transpose(1, 2).reshape(b, -1, *spatial)
-        gate_shape = (1, -1) + (1,) * len(spatial)
-        image = image + torch.tanh(self.image_gate).view(gate_shape) * self.image_out(tokens)
+        tokens = self.image_norm_out(tokens).transpose(1, 2).reshape(b, -1, *grid)
+        gate_shape = (1, -1) + (1,) * len(grid)
+        image = image + upsample(torch.tanh(self.image_gate).view(gate_shape) * self.image_out(tokens), spatial)
         text = text + torch.tanh(self.text_gate) * self.text_out(self.text_norm_out(text_tokens))
         return image, text

@@ -26,15 +26,13 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_vl.networks.pooling import pool_grid, pool_kernel, upsample
+
 
 def normalised_coordinates(spatial_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """(N, dims) voxel-centre coordinates in [-1, 1], in the row-major order of `flatten`."""
     axes = [(torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1 for n in spatial_shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
-
-
-INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class CoordinateEncoding(nn.Module):
@@ -77,10 +75,7 @@ class TargetEnhancement(nn.Module):
         if fusion_dim % num_heads:
             raise ValueError(f"fusion_dim {fusion_dim} is not divisible by num_heads {num_heads}")
         dims = convert_conv_op_to_dim(conv_op)
-        pool = tuple(int(k) for k in pool) if pool is not None else (1,) * dims
-        if len(pool) != dims or min(pool) < 1:
-            raise ValueError(f"pool {list(pool)} must give a kernel >= 1 for each of the {dims} spatial axes")
-        self.pool = pool if max(pool) > 1 else None
+        self.pool = pool_kernel(pool, dims)
         self.num_heads = num_heads
         self.image_in = conv_op(channels, fusion_dim, kernel_size=1)
         self.position = CoordinateEncoding(dims, fusion_dim, num_frequencies)
@@ -109,9 +104,7 @@ class TargetEnhancement(nn.Module):
         """
         batch, _, *spatial = features.shape
         spatial = tuple(spatial)
-        tokens = features
-        if self.pool is not None:
-            tokens = _AVG_POOL[len(spatial)](features, self.pool, self.pool, ceil_mode=True)
+        tokens = pool_grid(features, self.pool)
         grid = tuple(tokens.shape[2:])
         image = self.image_in(tokens).flatten(2).transpose(1, 2)  # (B, N, fusion_dim)
         image = image + self.position(grid).to(image.dtype)
@@ -130,8 +123,7 @@ class TargetEnhancement(nn.Module):
         added = (torch.tanh(self.text_gate).view(view) * attended_text).contiguous()  # standard layout for the result
         attention_map = attention
         if self.pool is not None:  # one interpolation for both; the modulation is affine in A, so it commutes
-            both = F.interpolate(torch.cat([attention, added], dim=1), size=spatial,
-                                 mode=INTERPOLATION[len(spatial)], align_corners=False)
+            both = upsample(torch.cat([attention, added], dim=1), spatial)
             attention_map, added = both.split([1, added.shape[1]], dim=1)
         modulation = 1 + torch.tanh(self.attention_gate).view(view) * (2 * attention_map - 1)
         return torch.addcmul(added, features, modulation), attention

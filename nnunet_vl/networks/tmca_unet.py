@@ -17,7 +17,7 @@ Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so t
   that enhancement injects.
 - Enhancement (`enhance_stages`): `TargetEnhancement` replaces the stage output, so it feeds both the
   next stage and the decoder skip. Its gates start at zero, so an untrained TMCAUNet is the image U-Net.
-  At high-resolution stages the plans pool its token grid (`enhance_pool`, see `planning.planners.enhance_pools`):
+  At high-resolution stages the plans pool its token grid (`enhance_pool`, see `planning.planners.token_pools`):
   attending from every voxel of a 224² stage cost six times the stage's own convolutions.
 """
 from __future__ import annotations
@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.networks.fusion import fusion_width
+from nnunet_vl.networks.pooling import upsample
 from nnunet_vl.networks.recompute import run_block
-from nnunet_vl.networks.target_enhancement import INTERPOLATION, TargetEnhancement
+from nnunet_vl.networks.target_enhancement import TargetEnhancement
 from nnunet_vl.networks.text_branch import masked_mean
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
@@ -199,7 +200,5 @@ class TMCAUNet(nn.Module):
         """Mean of the stage attention maps, each upsampled to x's spatial size."""
         if not stage_attention:
             return x.new_full((x.shape[0], 1, *x.shape[2:]), 0.5)
-        size = x.shape[2:]
-        mode = INTERPOLATION[len(size)]
-        upsampled = [F.interpolate(a, size=size, mode=mode, align_corners=False) for a in stage_attention]
+        upsampled = [upsample(a, x.shape[2:]) for a in stage_attention]
         return torch.stack(upsampled).mean(dim=0).clamp(0.0, 1.0)

@@ -90,9 +90,9 @@ def stage_grids(patch_size: list[int], strides: list[list[int]]) -> list[np.ndar
     return grids
 
 
-def enhance_pools(patch_size: list[int], strides: list[list[int]], stages: list[int],
-                  max_voxels: int | None) -> list[list[int]]:
-    """Average-pooling kernel of each enhanced stage's token grid (TMCA).
+def token_pools(patch_size: list[int], strides: list[list[int]], stages: list[int],
+                max_voxels: int | None) -> list[list[int]]:
+    """Average-pooling kernel of the text-attention token grid after each of `stages` (BiPVL fusion, TMCA).
 
     A stage whose grid (per sample) has more than `max_voxels` voxels attends from a coarser grid: the
     following stages' strides, as many as it takes to reach `max_voxels` or the deepest stage. None: no pooling.
@@ -128,9 +128,11 @@ class VLPlannerMixin:
         concepts = min(limit, preset["max_label_tokens_cap"], _round_up(fp["concept_tokens"]["p95"]))
         return max(reports, 8), max(labels, 8), max(concepts, 8)
 
-    def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], dict, str]:
-        """Fused stages, their activation estimate (MB per stage) and why.
+    def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], list[list[int]], dict, str]:
+        """Fused stages, the pooling kernel of each one's image tokens, their activation estimate (MB per stage)
+        and why.
 
+        A stage's image tokens are its grid pooled to at most the preset's `fusion_max_voxels` (token_pools).
         Stages among the preset's `recompute_stages` highest-resolution ones keep no activations between
         forward and backward: only the largest of them counts, once (while it is recomputed).
         """
@@ -138,7 +140,10 @@ class VLPlannerMixin:
         arch = conf["architecture"]["arch_kwargs"]
         n_stages = arch["n_stages"]
         stages = list(range(n_stages - stage_count(preset["fusion_stages"], n_stages), n_stages))
-        tokens = [int(np.prod(grid)) for grid in stage_grids(conf["patch_size"], arch["strides"])]
+        pools = dict(zip(stages, token_pools(conf["patch_size"], arch["strides"], stages,
+                                             preset.get("fusion_max_voxels"))))
+        grids = stage_grids(conf["patch_size"], arch["strides"])
+        tokens = {k: int(np.prod(np.ceil(grids[k] / np.asarray(pools[k])))) for k in stages}
         depth, batch = preset["fusion_depth"], conf["batch_size"]
         widths = [fusion_width(c, preset["fusion_dim"], preset["fusion_heads"]) for c in arch["features_per_stage"]]
 
@@ -166,14 +171,14 @@ class VLPlannerMixin:
             reason = (f"{len(stages)} of {n_stages} stages fused (preset '{preset['name']}': {preset['fusion_stages']}); "
                       f"estimate {kept(stages) / 1024 ** 2:.1f} MB within the "
                       f"{budget / 1024 ** 2:.0f} MB text budget")
-        return stages, estimate, reason
+        return stages, [pools[k] for k in stages], estimate, reason
 
     def text_section(self, conf: dict, configuration_name: str, transpose_forward: list[int]) -> dict:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
         max_report, max_label, max_concept = self._token_limits()
         class_names = self.text_spec["class_names"]
         num_text_tokens = max_report + len(class_names)  # one token per class joins the report in fusion
-        stages, estimate_mb, reason = self._fusion_stages(conf, num_text_tokens)
+        stages, pools, estimate_mb, reason = self._fusion_stages(conf, num_text_tokens)
         axes, source = direction_axes_from_geometry(self.text_spec["image_properties"], transpose_forward)
         if len(conf["patch_size"]) == 2:  # a 2D configuration sees transposed axes 1 and 2
             axes = {k: (v - 1 if v is not None and v > 0 else None) for k, v in axes.items()}
@@ -183,8 +188,8 @@ class VLPlannerMixin:
         enhance = list(range(n_stages - stage_count(tmca.pop("enhance_stages"), n_stages), n_stages))
         weights = tmca.pop("level_weights")
         arch = conf["architecture"]["arch_kwargs"]
-        tmca["enhance_pool"] = enhance_pools(conf["patch_size"], arch["strides"], enhance,
-                                             tmca.pop("enhance_max_voxels", None))
+        tmca["enhance_pool"] = token_pools(conf["patch_size"], arch["strides"], enhance,
+                                           tmca.pop("enhance_max_voxels", None))
         tmca.update(align_stages=align, enhance_stages=enhance,
                     level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
         return {
@@ -198,6 +203,7 @@ class VLPlannerMixin:
             "max_concept_tokens": max_concept,
             "class_names": class_names,
             "fusion_stages": stages,
+            "fusion_pool": pools,
             "fusion_dim": preset["fusion_dim"],
             "fusion_heads": preset["fusion_heads"],
             "fusion_depth": preset["fusion_depth"],

@@ -163,6 +163,10 @@ def test_text_chunks_reproduce_the_hf_encoder(tiny_bert: Path, tokenizer, attn_i
 def test_rejects_bad_fusion_stages(tiny_bert: Path) -> None:
     with pytest.raises(ValueError):
         make_model(tiny_bert, fusion_stages=(1, 4))
+    config = BertConfig.from_pretrained(tiny_bert)
+    with pytest.raises(ValueError, match="fusion_pool"):  # one kernel per fused stage
+        BiPVLUNet(make_unet("plain", 2, False), AutoModel.from_config(config), (1, 2), 16, 2, 1, NUM_CLASSES,
+                  fusion_pool=[[2, 2]])
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.networks.fusion import BidirectionalFusionBlock, coordinate_encoding
@@ -10,9 +11,11 @@ from nnunet_vl.networks.fusion import BidirectionalFusionBlock, coordinate_encod
 TEXT_WIDTH = 24
 
 
-def make_block(conv_op: type[nn.Module], gates: float | None = None) -> BidirectionalFusionBlock:
+def make_block(conv_op: type[nn.Module], gates: float | None = None,
+               pool: tuple[int, ...] | None = None) -> BidirectionalFusionBlock:
     torch.manual_seed(0)
-    block = BidirectionalFusionBlock(conv_op, image_channels=8, text_channels=TEXT_WIDTH, dim=16, heads=4, depth=2)
+    block = BidirectionalFusionBlock(conv_op, image_channels=8, text_channels=TEXT_WIDTH, dim=16, heads=4, depth=2,
+                                     pool=pool)
     if gates is not None:
         with torch.no_grad():
             block.image_gate.fill_(gates)
@@ -87,3 +90,29 @@ def test_every_parameter_gets_gradient_once_gates_open() -> None:
     (image.square().mean() + fused_text[mask].square().mean()).backward()
     for name, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_pooled_block_fuses_from_the_coarse_grid(dim: int) -> None:
+    """With a pooling kernel, on features constant within each pooling block, the text equals an unpooled block's
+    on the coarse features and the image update is that block's update interpolated; gradients reach the input."""
+    conv_op = nn.Conv2d if dim == 2 else nn.Conv3d
+    kernel = (2,) * (dim - 1) + (4,)
+    pooled, plain = make_block(conv_op, gates=0.7, pool=kernel), make_block(conv_op, gates=0.7)
+    coarse = torch.randn(2, 8, *(3,) * dim)
+    fine = coarse
+    for axis, k in enumerate(kernel):
+        fine = fine.repeat_interleave(k, dim=2 + axis)
+    fine.requires_grad_(True)
+    text, mask = text_batch([7, 4], padded_to=7)
+    image, fused_text = pooled(fine, text, mask)
+    coarse_image, coarse_text = plain(coarse, text, mask)
+    assert image.shape == fine.shape
+    torch.testing.assert_close(fused_text, coarse_text, rtol=1e-5, atol=1e-5)
+    mode = "bilinear" if dim == 2 else "trilinear"
+    update = F.interpolate(coarse_image - coarse, size=fine.shape[2:], mode=mode, align_corners=False)
+    torch.testing.assert_close(image, fine + update, rtol=1e-5, atol=1e-5)
+    (image.square().mean() + fused_text[mask].square().mean()).backward()
+    assert fine.grad is not None and pooled.layers[0].image_to_text.query.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pool"):
+        make_block(conv_op, pool=(2,) * (dim + 1))

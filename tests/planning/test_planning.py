@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_vl.planning.planners import direction_axes_from_geometry, enhance_pools, load_preset, PresetError
+from nnunet_vl.planning.planners import direction_axes_from_geometry, load_preset, PresetError, token_pools
 
 
 def _load(path: Path) -> dict:
@@ -93,10 +93,12 @@ def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_fold
         "configurations"]["2d"]
     preset = load_preset("bipvl")
 
-    def fused(recompute: int | str, target_gb: float) -> tuple[list[int], dict]:
-        planner = SimpleNamespace(text_spec={"preset": dict(preset, recompute_stages=recompute)},
+    def fused(recompute: int | str, target_gb: float, max_voxels: int | None = None) -> tuple[list[int], dict]:
+        planner = SimpleNamespace(text_spec={"preset": dict(preset, recompute_stages=recompute,
+                                                            fusion_max_voxels=max_voxels)},
                                   UNet_vram_target_GB=target_gb)
-        stages, estimate, _ = VLPlannerMixin._fusion_stages(planner, conf, 30)
+        stages, pools, estimate, _ = VLPlannerMixin._fusion_stages(planner, conf, 30)
+        assert len(pools) == len(stages)
         return stages, estimate
 
     stages, estimate = fused(0, 1e9)
@@ -106,15 +108,22 @@ def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_fold
     assert 0 not in fused(0, target_gb)[0]
     assert fused(2, target_gb)[0] == stages
     assert fused("all", target_gb)[0] == stages
+    # stage 0's tokens pooled to stage 1's grid: its estimate shrinks by the pooling factor and it fits again
+    strides = conf["architecture"]["arch_kwargs"]["strides"]
+    stage1_voxels = int(np.prod(np.asarray(conf["patch_size"]) // np.prod(strides[:2], axis=0)))
+    pooled_stages, pooled = fused(0, target_gb, stage1_voxels)
+    assert pooled_stages == stages
+    assert pooled["stage_0"] == pytest.approx(estimate["stage_0"] / np.prod(strides[1]), abs=0.01)
+    assert all(pooled[f"stage_{k}"] == estimate[f"stage_{k}"] for k in stages[1:])
 
 
-def test_enhance_pools_reach_the_voxel_cap_with_the_following_strides() -> None:
+def test_token_pools_reach_the_voxel_cap_with_the_following_strides() -> None:
     strides = [[1, 1], [2, 2], [2, 2], [2, 2]]
-    assert enhance_pools([224, 224], strides, [0, 1, 2, 3], 4096) == [[4, 4], [2, 2], [1, 1], [1, 1]]
-    assert enhance_pools([224, 224], strides, [1, 3], None) == [[1, 1], [1, 1]]
-    assert enhance_pools([224, 224], strides, [0], 1) == [[8, 8]]  # never past the deepest stage
+    assert token_pools([224, 224], strides, [0, 1, 2, 3], 4096) == [[4, 4], [2, 2], [1, 1], [1, 1]]
+    assert token_pools([224, 224], strides, [1, 3], None) == [[1, 1], [1, 1]]
+    assert token_pools([224, 224], strides, [0], 1) == [[8, 8]]  # never past the deepest stage
     # anisotropic: only the axes the following stages downsample are pooled
-    assert enhance_pools([20, 192, 160], [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [0, 1], 20000) == [[2, 4, 4], [2, 2, 2]]
+    assert token_pools([20, 192, 160], [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [0, 1], 20000) == [[2, 4, 4], [2, 2, 2]]
 
 
 def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnunet_folders, tmp_path):
@@ -161,6 +170,18 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     network = build_vl_network("tmca", plans, plans.get_configuration("2d"), 1, 2)
     assert network.enhancements["0"].pool == tuple(conf.pool_op_kernel_sizes[1])
     assert all(network.enhancements[str(s)].pool is None for s in range(1, n_stages))
+    # the same cap for BiPVL's fusion: stage 0's image tokens come from stage 1's grid
+    bipvl_capped = tmp_path / "bipvl_capped.json"
+    bipvl_capped.write_text(json.dumps(dict(load_preset("bipvl"), fusion_max_voxels=stage1_voxels)), encoding="utf-8")
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True, plans_name="BiPVLCappedPlans", preset=str(bipvl_capped))
+    plans = PlansManager(str(folder / "BiPVLCappedPlans.json"))
+    text = plans.get_configuration("2d").configuration["text"]
+    assert text["fusion_stages"][0] == 0 and text["fusion_pool"][0] == list(conf.pool_op_kernel_sizes[1])
+    assert all(k == [1, 1] for k in text["fusion_pool"][1:])
+    network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)
+    assert network.fusion[0].pool == tuple(conf.pool_op_kernel_sizes[1])
+    assert all(block.pool is None for block in network.fusion[1:])
 
 
 def test_plans_with_batch_size_changes_only_the_batch_size(planned_2d, nnunet_folders, tmp_path):
