@@ -74,6 +74,7 @@ def test_scaling_smallest(bench_dirs, tiny_bert):
         for key in ("text_branch_s", "text_activation_mb", "image_activation_mb"):  # differences may be noisy
             assert math.isfinite(row[key]), (row["axis"], key, row[key])
         assert row["report_tokens"] == 16 and row["fusion_stages"] == list(range(payload["n_stages"]))
+        assert len(row["fusion_pool"]) == len(row["fusion_stages"])  # the kernels the built network used
         assert row["planner_actual_widths_mb"] <= row["planner_mb"]  # blocks are at most fusion_dim wide
 
 
