@@ -138,7 +138,9 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
     plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
                            no_preprocessing=True, plans_name="RecomputePlans", preset=str(preset))
     folder = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
-    assert _load(folder / "nnUNetPlans.json")["configurations"]["2d"]["text"]["recompute_stages"] == []
+    default = _load(folder / "nnUNetPlans.json")["configurations"]["2d"]
+    n_stages = default["architecture"]["arch_kwargs"]["n_stages"]
+    assert default["text"]["recompute_stages"] == list(range(n_stages))  # the bipvl preset recomputes every block
     plans = PlansManager(str(folder / "RecomputePlans.json"))
     assert plans.get_configuration("2d").configuration["text"]["recompute_stages"] == [0]
     network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)
@@ -149,7 +151,6 @@ def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnune
                            no_preprocessing=True, plans_name="TMCAPresetPlans", preset="tmca")
     plans = PlansManager(str(folder / "TMCAPresetPlans.json"))
     text = plans.get_configuration("2d").configuration["text"]
-    n_stages = plans.get_configuration("2d").network_arch_init_kwargs["n_stages"]
     assert text["recompute_stages"] == text["tmca"]["enhance_stages"] == list(range(n_stages))
     network = build_vl_network("tmca", plans, plans.get_configuration("2d"), 1, 2)
     assert network.recompute_stages == list(range(n_stages))
