@@ -81,14 +81,17 @@ def prepare_dataset(dim: int, preset: str, text_encoder: str, num_train: int, si
                     num_processes: int = 2, log=print) -> tuple[int, str]:
     """Make (or reuse) the synthetic dataset and plan + preprocess it with the preset; returns (id, configuration).
 
-    Reused when a previous run wrote the same settings; nnU-Net's and our planning output goes to a log file.
+    Reused when a previous run wrote the same settings (the preset's content included, so an edited preset
+    re-plans); nnU-Net's and our planning output goes to a log file.
     """
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
+    from nnunet_vl.planning.planners import load_preset
+
     did, configuration = dataset_id(dim, preset), CONFIGURATION[dim]
     name = f"Bench{dim}D{preset}"
-    settings = {"dim": dim, "preset": preset, "text_encoder": str(text_encoder), "num_train": num_train,
-                "size": size, "configuration": configuration}
+    settings = {"dim": dim, "preset": preset, "preset_content": load_preset(preset), "text_encoder": str(text_encoder),
+                "num_train": num_train, "size": size, "configuration": configuration}
     marker = Path(nnUNet_preprocessed) / f"Dataset{did:03d}_{name}" / "benchmark_settings.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return did, configuration
