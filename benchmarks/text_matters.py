@@ -9,7 +9,8 @@ benchmarks/results/text_matters.{json,md,png}.
     python benchmarks/text_matters.py --dims 3 --methods BiPVL --budget 5epochs --batch-size 4
 
 Results of dimensions and settings not run now are kept from the existing JSON, so `--dims 3` adds 3D beside an
-earlier 2D run, and a run with another --budget or --batch-size is a table of its own.
+earlier 2D run, and a run with another --budget or --batch-size is a table of its own. A run of a setting that
+exists with other --methods keeps the earlier run's VL rows beside its own (noted in the markdown).
 """
 from __future__ import annotations
 
@@ -54,20 +55,35 @@ def plot(results: dict[str, dict], out: Path, rule: str) -> None:
     plt.close(fig)
 
 
-def earlier_results(path: Path, rule: str, replaced: set[str]) -> dict[str, dict]:
-    """Results of an earlier run's JSON (same rule) not `replaced` by this run, each with its command."""
+def earlier_results(path: Path, rule: str) -> dict[str, dict]:
+    """Results of an earlier run's JSON with the same rule, each with its command."""
     if not path.is_file():
         return {}
     report = json.loads(path.read_text(encoding="utf-8"))
     if report.get("rule", "position") != rule:
         return {}
-    kept = {}
-    for dim, summary in report["results"].items():
-        if dim not in replaced:
-            # files written before results carried their own command kept it (and a note) at the top level
-            kept[dim] = {"command": report.get("command"), **({"note": report["note"]} if "note" in report else {}),
-                         **summary}
-    return kept
+    # files written before results carried their own command kept it (and a note) at the top level
+    return {dim: {"command": report.get("command"), **({"note": report["note"]} if "note" in report else {}),
+                  **summary} for dim, summary in report["results"].items()}
+
+
+def keep_earlier_rows(summary: dict, earlier: dict) -> None:
+    """Add the VL rows of an earlier run of the same setting (same dataset, seed and plans) that this run did not
+    train; `kept_rows` records which rows came from which command and that run's image-only Dice."""
+    kept = {name: row for name, row in earlier["rows"].items()
+            if name not in summary["rows"] and not name.startswith("nnUNetTrainer (")}
+    if not kept:
+        return
+    image_only, *trained = summary["rows"].items()
+    order = {f"nnUNetTrainer{m}_{summary['budget']}": i for i, m in enumerate(METHODS)}
+    summary["rows"] = dict([image_only, *sorted([*trained, *kept.items()], key=lambda r: order.get(r[0], len(order)))])
+    groups = earlier.get("kept_rows", [])
+    own = [name for name in kept if not any(name in g["rows"] for g in groups)]
+    groups = [{**g, "rows": [n for n in g["rows"] if n in kept]} for g in groups]
+    if own:
+        groups.append({"rows": own, "command": earlier["command"],
+                       "image_only": earlier["rows"]["nnUNetTrainer (image only)"]["report"]})
+    summary["kept_rows"] = [g for g in groups if g["rows"]]
 
 
 def main() -> None:
@@ -102,14 +118,20 @@ def main() -> None:
             f", {summary['budget']} budget, {summary['plans']}"
         results[f"{dim}D{setting}"] = {"command": command, "machine": machine, **summary}
     wall = time.time() - started
-    kept = earlier_results(out / f"{stem}.json", args.rule, set(results))
-    results = dict(sorted({**kept, **results}.items()))
+    earlier = earlier_results(out / f"{stem}.json", args.rule)
+    for dim, summary in results.items():
+        if dim in earlier:
+            keep_earlier_rows(summary, earlier[dim])
+    results = dict(sorted({**earlier, **results}.items()))
     report = {"results": results, "wall_time_s": wall, "machine": machine, "goals": GOALS, "rule": args.rule,
               "command": command}
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     lines = [f"Reports name the target by {args.rule}. {GOALS}.", ""]
     for dim, summary in results.items():
-        note = f" ({summary['note']})" if summary.get("note") else ""
+        notes = [summary["note"]] if summary.get("note") else []
+        notes += [f"rows {', '.join(g['rows'])} from an earlier run, `{g['command']}` (its image-only model: "
+                  f"{g['image_only']:.3f})" for g in summary.get("kept_rows", [])]
+        note = f" ({'; '.join(notes)})" if notes else ""
         plans = summary.get("plans", "nnUNetPlans")
         lines += [f"**{dim}** ({summary['dataset']}, configuration {summary['configuration']}, plans `{plans}`, "
                   f"budget `{summary['budget']}`) — command `{summary['command']}`, {summary.get('machine', machine)}, "

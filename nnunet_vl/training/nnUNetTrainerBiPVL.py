@@ -5,7 +5,7 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_vl.training.budgets import CPU_SMOKE, DEMO, Budget, WithBudget
+from nnunet_vl.training.budgets import CPU_SMOKE, DEMO, FIVE_EPOCHS, WithBudget
 from nnunet_vl.training.network_builder import build_vl_network
 from nnunet_vl.training.vl_trainer import nnUNetTrainerVL
 
@@ -45,7 +45,7 @@ class nnUNetTrainerBiPVL_naiveMirror(nnUNetTrainerBiPVL):
 
 
 class nnUNetTrainerBiPVL_5epochs(WithBudget, nnUNetTrainerBiPVL):
-    budget = Budget(epochs=5, iterations_per_epoch=250, val_iterations_per_epoch=50)
+    budget = FIVE_EPOCHS
 
 
 class nnUNetTrainerBiPVL_cpu(WithBudget, nnUNetTrainerBiPVL):
@@ -66,6 +66,10 @@ class nnUNetTrainerBiPVL_noText_cpu(WithBudget, nnUNetTrainerBiPVL_noText):
 
 class nnUNetTrainerBiPVL_noText_demo(WithBudget, nnUNetTrainerBiPVL_noText):
     budget = DEMO
+
+
+class nnUNetTrainerBiPVL_noText_5epochs(WithBudget, nnUNetTrainerBiPVL_noText):
+    budget = FIVE_EPOCHS
 
 
 class nnUNetTrainerBiPVL_naiveMirror_cpu(WithBudget, nnUNetTrainerBiPVL_naiveMirror):

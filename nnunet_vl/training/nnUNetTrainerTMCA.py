@@ -5,7 +5,7 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_vl.training.budgets import CPU_SMOKE, DEMO, Budget, WithBudget
+from nnunet_vl.training.budgets import CPU_SMOKE, DEMO, FIVE_EPOCHS, WithBudget
 from nnunet_vl.training.network_builder import build_vl_network
 from nnunet_vl.training.vl_trainer import nnUNetTrainerVL
 
@@ -38,7 +38,7 @@ class nnUNetTrainerTMCA_noText(nnUNetTrainerTMCA):
 
 
 class nnUNetTrainerTMCA_5epochs(WithBudget, nnUNetTrainerTMCA):
-    budget = Budget(epochs=5, iterations_per_epoch=250, val_iterations_per_epoch=50)
+    budget = FIVE_EPOCHS
 
 
 class nnUNetTrainerTMCA_cpu(WithBudget, nnUNetTrainerTMCA):
@@ -59,3 +59,7 @@ class nnUNetTrainerTMCA_noText_cpu(WithBudget, nnUNetTrainerTMCA_noText):
 
 class nnUNetTrainerTMCA_noText_demo(WithBudget, nnUNetTrainerTMCA_noText):
     budget = DEMO
+
+
+class nnUNetTrainerTMCA_noText_5epochs(WithBudget, nnUNetTrainerTMCA_noText):
+    budget = FIVE_EPOCHS

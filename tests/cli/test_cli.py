@@ -61,6 +61,6 @@ def test_demo_refuses_a_work_dir_made_for_another_rule(tmp_path):
 def test_demo_names_a_budget_without_that_trainer_before_doing_anything(tmp_path):
     from nnunet_vl.cli.demo import run_demo
 
-    with pytest.raises(SystemExit, match=r"no trainer \['nnUNetTrainerBiPVL_noText_5epochs'\] for budget '5epochs'"):
-        run_demo(tmp_path, methods=["BiPVL", "BiPVL_noText"], budget="5epochs")
+    with pytest.raises(SystemExit, match=r"no trainer \['nnUNetTrainerBiPVL_naiveMirror_5epochs'\] for budget"):
+        run_demo(tmp_path, methods=["BiPVL", "BiPVL_naiveMirror"], budget="5epochs")
     assert not list((tmp_path / "raw").iterdir())  # no dataset written
