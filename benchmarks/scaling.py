@@ -19,8 +19,8 @@ Measured per setting, on a real batch of the planned batch size:
   already allocated), BiPVL minus image-only, each in its own fresh (forked) process (CPU: peak RSS with every
   allocation mmap-ed; CUDA: max allocated);
 - the planner's VRAM estimate for the same setting, from the planner's own cost function
-  (`VLPlannerMixin._fusion_stages`, called with the setting), both as planned (every block `fusion_dim`
-  wide) and at the widths the network really builds (`fusion_width`: at most the stage's channels).
+  (`VLPlannerMixin._fusion_stages`, called with the setting): what its budget counts as held at once (with
+  the preset's recomputed stages) and per fused stage.
 
     python benchmarks/scaling.py                  # 3D, bipvl preset, 3 values per axis
     python benchmarks/scaling.py --dim 2 --threads 1
@@ -82,16 +82,16 @@ def fused_stages(value: str, n_stages: int) -> list[int]:
     return list(range(n_stages - n, n_stages))
 
 
-def make_settings(args, conf: dict) -> list[dict]:
+def make_settings(args, conf: dict, preset: dict) -> list[dict]:
     """One dict per (axis, value); equal settings on different axes are measured once (see `key`)."""
-    from nnunet_vl.planning.planners import load_preset, token_pools
+    from nnunet_vl.planning.planners import stage_grids, token_pools
 
     factors = [float(f) for f in args.patch_factors.split(",")]
     stages = [s.strip() for s in args.stages.split(",")]
     lengths = [int(n) for n in args.lengths.split(",")]
     base = {"factor": factors[0], "stages": stages[-1], "length": args.base_length}
     arch = conf["architecture"]["arch_kwargs"]
-    max_voxels = load_preset(args.preset).get("fusion_max_voxels")
+    max_voxels = preset.get("fusion_max_voxels")
     out = []
     for axis, key, values in (("patch voxels", "factor", factors), ("fused stages", "stages", stages),
                               ("report tokens", "length", lengths)):
@@ -100,7 +100,9 @@ def make_settings(args, conf: dict) -> list[dict]:
             patch = scaled_patch(conf["patch_size"], s["factor"], total_strides(arch))
             fused = fused_stages(str(s["stages"]), arch["n_stages"])
             out.append({"axis": axis, "value": value, "patch_size": patch, "voxels": math.prod(patch),
-                        "fusion_stages": fused, "fusion_pool": token_pools(patch, arch["strides"], fused, max_voxels),
+                        "fusion_stages": fused,
+                        "fusion_pool": token_pools(stage_grids(patch, arch["strides"]), arch["strides"], fused,
+                                                   max_voxels),
                         "report_tokens": s["length"], "key": f"p{'x'.join(map(str, patch))}_s{s['stages']}_l{s['length']}"})
     return out
 
@@ -116,36 +118,22 @@ def setting_plans(plans: dict, configuration: str, setting: dict, model: str) ->
     return plans
 
 
-def planner_estimate(preset_name: str, conf: dict, setting: dict, num_classes: int) -> dict:
+def planner_estimate(preset: dict, conf: dict, setting: dict, num_classes: int) -> dict:
     """The planner's fusion VRAM estimate (MB) for the setting, from VLPlannerMixin._fusion_stages itself.
 
     `_fusion_stages` is a method that reads only `self.text_spec['preset']` and `self.UNet_vram_target_GB`, so it
-    is called with a stand-in `self` (a target so large that no stage is dropped). `planned` sums its estimate
-    for the fused stages; `actual_widths` evaluates the same formula per stage at the width and heads BiPVLUNet
-    really builds there (fusion_width caps a block at its stage's channels).
+    is called with a stand-in `self` (a target so large that no stage is dropped). `held_mb` is what its budget
+    counts as held at once (recomputed blocks once), `per_stage_mb` each fused stage's estimate.
     """
-    from nnunet_vl.networks.bipvl_unet import fusion_width
-    from nnunet_vl.planning.planners import VLPlannerMixin, load_preset
+    from nnunet_vl.planning.planners import VLPlannerMixin
 
     conf = dict(conf, patch_size=setting["patch_size"])
-    n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
-    channels = conf["architecture"]["arch_kwargs"]["features_per_stage"]
     tokens = setting["report_tokens"] + num_classes  # one token per class joins the report, as the planner counts
-
-    def estimate(preset: dict, stages_wanted: int) -> dict:
-        planner = common.fake_self(text_spec={"preset": dict(preset, fusion_stages=stages_wanted)},
-                                   UNet_vram_target_GB=1e9)
-        _, _, per_stage, _ = VLPlannerMixin._fusion_stages(planner, conf, tokens)
-        return per_stage
-
-    preset = load_preset(preset_name)
-    stages = setting["fusion_stages"]
-    planned = estimate(preset, len(stages))
-    actual = 0.0
-    for k in stages:
-        width, heads = fusion_width(channels[k], preset["fusion_dim"], preset["fusion_heads"])
-        actual += estimate(dict(preset, fusion_dim=width, fusion_heads=heads), n_stages - k)[f"stage_{k}"]
-    return {"planned_mb": sum(planned.values()), "planned_per_stage_mb": planned, "actual_widths_mb": actual}
+    planner = common.fake_self(text_spec={"preset": dict(preset, fusion_stages=len(setting["fusion_stages"]))},
+                               UNet_vram_target_GB=1e9)
+    stages, _, per_stage, held, _ = VLPlannerMixin._fusion_stages(planner, conf, tokens)
+    assert stages == setting["fusion_stages"], (stages, setting)
+    return {"held_mb": held, "per_stage_mb": per_stage}
 
 
 # ----- workers ----------------------------------------------------------------------------------------------
@@ -293,12 +281,11 @@ def _pooling(stages: list[int], pools: list[list[int]] | None) -> str:
 def markdown(payload: dict) -> str:
     s, m = payload["settings"], payload["machine"]
     header = ["axis", "value", "patch", "voxels", "fused stages", "token pooling", "text tokens", "BiPVL s",
-              "image s", "text branch s", "text / image", "text act. MB (measured)", "planner MB",
-              "planner formula @ real widths MB"]
+              "image s", "text branch s", "text / image", "text act. MB (measured)", "planner MB"]
     body = [[r["axis"], r["value"], "×".join(map(str, r["patch_size"])), r["voxels"], str(r["fusion_stages"]),
              _pooling(r["fusion_stages"], r.get("fusion_pool")), r["text_tokens"], f"{r['bipvl_s']:.3f}",
              f"{r['image_s']:.3f}", f"{r['text_branch_s']:.3f}", f"{r['text_branch_relative']:.2f}",
-             f"{r['text_activation_mb']:.1f}", f"{r['planner_mb']:.1f}", f"{r['planner_actual_widths_mb']:.1f}"]
+             f"{r['text_activation_mb']:.1f}", f"{r['planner_mb']:.1f}"]
             for r in payload["rows"]]
     lines = [
         "# Scaling of BiPVL's text branch",
@@ -312,13 +299,15 @@ def markdown(payload: dict) -> str:
         "",
         "Text branch s = BiPVL − image-only time of forward + loss + backward (no optimizer step); text tokens = "
         "report tokens + one per class; token pooling = the average-pooling kernel of a fused stage's image tokens "
-        "(the preset's `fusion_max_voxels`; `planning.planners.token_pools`). Text act. MB = peak memory of that pass above the memory held before it "
-        f"(parameters and gradients), BiPVL − image-only, each in its own process ({payload['memory_method']}). "
-        "Planner MB = `VLPlannerMixin._fusion_stages`' estimate for the fused stages (fusion activations only, "
-        "every block `fusion_dim` wide, 24 B per token·channel + 2·heads·tokens·4 B of attention per image token); "
-        "the last column evaluates the same formula at the block widths the network builds (`fusion_width`). The "
-        "measured figure also holds the text encoder's own activations, the per-class concept encoding and the "
-        "auxiliary projections, and on CPU everything is fp32 (the planner assumes fp16 activations).",
+        "(the preset's `fusion_max_voxels`; `planning.planners.token_pools`). Text act. MB = peak memory of "
+        "that pass above the memory held before it (parameters and gradients), BiPVL − image-only, each in its "
+        f"own process ({payload['memory_method']}); recomputed stages: {payload['recompute_stages']}. "
+        "Planner MB = what `VLPlannerMixin._fusion_stages` counts against its budget for the fused stages "
+        "(fusion blocks only, each as wide as the network builds it: 24 B per token·channel + 2·heads·tokens·4 B "
+        "of attention per image token, a recomputed block once; a pooled stage adds 2 fp16 tensors at its own "
+        "resolution). The measured figure also holds the text encoder's own activations, the per-class "
+        "concept encoding and the auxiliary projections, and on CPU everything is fp32 (the planner assumes fp16 "
+        "activations).",
     ]
     return "\n".join(lines)
 
@@ -338,7 +327,10 @@ def main(argv=None) -> int:
     plans, dataset_json = common.load_plans(did)
     conf = plans["configurations"][configuration]
     num_classes = len(conf["text"]["class_names"])
-    settings = make_settings(args, conf)
+    from nnunet_vl.planning.planners import load_preset
+
+    preset = load_preset(args.preset)
+    settings = make_settings(args, conf, preset)
     spec = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads, "repeats": args.repeats,
             "warmup": args.warmup, "dataset_id": did, "configuration": configuration}
     print(f"[{time.time() - started:6.0f}s] {len({s['key'] for s in settings})} settings: memory (a child process "
@@ -354,7 +346,7 @@ def main(argv=None) -> int:
         bipvl_s, image_s = common.median(times["bipvl"]), common.median(times["image"])
         vl_mb = memory[memory_key(setting, "bipvl")]["activation_peak_mb"]
         image_mb = memory[memory_key(setting, "image")]["activation_peak_mb"]
-        estimate = planner_estimate(args.preset, conf, setting, num_classes)
+        estimate = planner_estimate(preset, conf, setting, num_classes)
         rows.append({**{k: setting[k] for k in ("axis", "value", "patch_size", "voxels", "fusion_stages",
                                                 "fusion_pool", "report_tokens")},
                      "text_tokens": setting["report_tokens"] + num_classes,
@@ -362,13 +354,13 @@ def main(argv=None) -> int:
                      "text_branch_relative": (bipvl_s - image_s) / image_s if image_s > 0 else math.nan,
                      "bipvl_times_s": times["bipvl"], "image_times_s": times["image"],
                      "bipvl_activation_mb": vl_mb, "image_activation_mb": image_mb,
-                     "text_activation_mb": vl_mb - image_mb, "planner_mb": estimate["planned_mb"],
-                     "planner_per_stage_mb": estimate["planned_per_stage_mb"],
-                     "planner_actual_widths_mb": estimate["actual_widths_mb"]})
+                     "text_activation_mb": vl_mb - image_mb, "planner_mb": estimate["held_mb"],
+                     "planner_per_stage_mb": estimate["per_stage_mb"]})
     settings_out = {k: v for k, v in vars(args).items() if k != "worker"}
     settings_out.update(workdir=str(args.workdir), out=str(args.out))
     payload = {"settings": settings_out, "machine": machine, "memory_method": memory_method,
                "batch_size": conf["batch_size"], "planned_patch": conf["patch_size"],
+               "recompute_stages": conf["text"]["recompute_stages"],
                "n_stages": conf["architecture"]["arch_kwargs"]["n_stages"],
                "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"],
                "rows": rows, "elapsed_s": time.time() - started}

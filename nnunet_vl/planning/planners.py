@@ -17,6 +17,9 @@ _REPO_PRESETS = Path(__file__).resolve().parents[2] / "planners"
 # bytes per fusion token and channel in one fusion block (activations kept for backward, fp16 + attention I/O)
 _FUSION_BYTES_PER_TOKEN_CHANNEL = 24
 _FUSION_BYTES_PER_ATTENTION_ENTRY = 4
+# a pooled block's tensors at its stage's resolution, fp16 like the above: its output, held beside the stage
+# output, and the update interpolated back (benchmarks/scaling.py measures about two such tensors, in fp32 on CPU)
+_POOLED_BYTES_PER_STAGE_VOXEL_CHANNEL = 4
 
 
 class PresetError(ValueError):
@@ -90,17 +93,17 @@ def stage_grids(patch_size: list[int], strides: list[list[int]]) -> list[np.ndar
     return grids
 
 
-def token_pools(patch_size: list[int], strides: list[list[int]], stages: list[int],
+def token_pools(grids: list[np.ndarray], strides: list[list[int]], stages: list[int],
                 max_voxels: int | None) -> list[list[int]]:
     """Average-pooling kernel of the text-attention token grid after each of `stages` (BiPVL fusion, TMCA).
 
-    A stage whose grid (per sample) has more than `max_voxels` voxels attends from a coarser grid: the
-    following stages' strides, as many as it takes to reach `max_voxels` or the deepest stage. None: no pooling.
+    grids: every stage's spatial shape (stage_grids). A stage whose grid (per sample) has more than `max_voxels`
+    voxels attends from a coarser grid: the following stages' strides, as many as it takes to reach
+    `max_voxels` or the deepest stage. None: no pooling.
     """
-    grids = stage_grids(patch_size, strides)
     pools = []
     for s in stages:
-        kernel, k = np.ones(len(patch_size), dtype=int), s
+        kernel, k = np.ones(len(grids[0]), dtype=int), s
         while max_voxels is not None and np.prod(grids[k]) > max_voxels and k + 1 < len(strides):
             k += 1
             kernel = kernel * np.asarray(strides[k], dtype=int)
@@ -128,42 +131,48 @@ class VLPlannerMixin:
         concepts = min(limit, preset["max_label_tokens_cap"], _round_up(fp["concept_tokens"]["p95"]))
         return max(reports, 8), max(labels, 8), max(concepts, 8)
 
-    def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], list[list[int]], dict, str]:
-        """Fused stages, the pooling kernel of each one's image tokens, their activation estimate (MB per stage)
-        and why.
+    def _fusion_stages(self, conf: dict, num_text_tokens: int) -> tuple[list[int], list[list[int]], dict, float, str]:
+        """Fused stages, the pooling kernel of each one's image tokens, their activation estimate (MB per stage),
+        what of it the budget counts as held at once (MB) and why.
 
-        A stage's image tokens are its grid pooled to at most the preset's `fusion_max_voxels` (token_pools).
-        Stages among the preset's `recompute_stages` highest-resolution ones keep no activations between
-        forward and backward: only the largest of them counts, once (while it is recomputed).
+        A stage's image tokens are its grid pooled to at most the preset's `fusion_max_voxels` (token_pools); a
+        pooled block also holds two fp16 tensors at its stage's resolution. Stages among the preset's
+        `recompute_stages` highest-resolution ones keep no block activations between forward and backward: only
+        the largest of them counts, once (while it is recomputed); the stage-resolution tensors count always.
         """
         preset = self.text_spec["preset"]
         arch = conf["architecture"]["arch_kwargs"]
         n_stages = arch["n_stages"]
         stages = list(range(n_stages - stage_count(preset["fusion_stages"], n_stages), n_stages))
-        pools = dict(zip(stages, token_pools(conf["patch_size"], arch["strides"], stages,
-                                             preset.get("fusion_max_voxels"))))
         grids = stage_grids(conf["patch_size"], arch["strides"])
+        pools = dict(zip(stages, token_pools(grids, arch["strides"], stages, preset.get("fusion_max_voxels"))))
         tokens = {k: int(np.prod(np.ceil(grids[k] / np.asarray(pools[k])))) for k in stages}
         depth, batch = preset["fusion_depth"], conf["batch_size"]
         widths = [fusion_width(c, preset["fusion_dim"], preset["fusion_heads"]) for c in arch["features_per_stage"]]
 
-        def cost(k: int) -> float:
+        def blocks(k: int) -> float:
             dim, heads = widths[k]  # the network caps each block's width at its stage's width
             per_block = tokens[k] * (dim * _FUSION_BYTES_PER_TOKEN_CHANNEL
                                      + 2 * heads * num_text_tokens * _FUSION_BYTES_PER_ATTENTION_ENTRY)
             return batch * depth * per_block
 
+        def stage_resolution(k: int) -> float:
+            if np.prod(pools[k]) == 1:
+                return 0.0
+            voxels = float(np.prod(grids[k]))
+            return batch * voxels * arch["features_per_stage"][k] * _POOLED_BYTES_PER_STAGE_VOXEL_CHANNEL
+
         recomputed = set(recompute_stages(preset, n_stages))
 
         def kept(fused: list[int]) -> float:
-            return (sum(cost(k) for k in fused if k not in recomputed)
-                    + max((cost(k) for k in fused if k in recomputed), default=0.0))
+            return (sum(blocks(k) for k in fused if k not in recomputed) + sum(stage_resolution(k) for k in fused)
+                    + max((blocks(k) for k in fused if k in recomputed), default=0.0))
 
         budget = preset["text_vram_fraction"] * self.UNet_vram_target_GB * 1024 ** 3
         dropped = []
         while len(stages) > 1 and kept(stages) > budget:
             dropped.append(stages.pop(0))  # highest resolution first: it has the most tokens
-        estimate = {f"stage_{k}": round(cost(k) / 1024 ** 2, 2) for k in stages}
+        estimate = {f"stage_{k}": round((blocks(k) + stage_resolution(k)) / 1024 ** 2, 2) for k in stages}
         if dropped:
             reason = (f"stages {dropped} dropped: fusion at them would exceed {preset['text_vram_fraction']:.0%} of "
                       f"the {self.UNet_vram_target_GB} GB target ({budget / 1024 ** 2:.0f} MB)")
@@ -171,25 +180,25 @@ class VLPlannerMixin:
             reason = (f"{len(stages)} of {n_stages} stages fused (preset '{preset['name']}': {preset['fusion_stages']}); "
                       f"estimate {kept(stages) / 1024 ** 2:.1f} MB within the "
                       f"{budget / 1024 ** 2:.0f} MB text budget")
-        return stages, [pools[k] for k in stages], estimate, reason
+        return stages, [pools[k] for k in stages], estimate, round(kept(stages) / 1024 ** 2, 2), reason
 
     def text_section(self, conf: dict, configuration_name: str, transpose_forward: list[int]) -> dict:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
         max_report, max_label, max_concept = self._token_limits()
         class_names = self.text_spec["class_names"]
         num_text_tokens = max_report + len(class_names)  # one token per class joins the report in fusion
-        stages, pools, estimate_mb, reason = self._fusion_stages(conf, num_text_tokens)
+        stages, pools, estimate_mb, held_mb, reason = self._fusion_stages(conf, num_text_tokens)
         axes, source = direction_axes_from_geometry(self.text_spec["image_properties"], transpose_forward)
         if len(conf["patch_size"]) == 2:  # a 2D configuration sees transposed axes 1 and 2
             axes = {k: (v - 1 if v is not None and v > 0 else None) for k, v in axes.items()}
-        n_stages = conf["architecture"]["arch_kwargs"]["n_stages"]
+        arch = conf["architecture"]["arch_kwargs"]
+        n_stages = arch["n_stages"]
         tmca = dict(preset["tmca"])
         align = list(range(stage_count(tmca.pop("align_stages"), n_stages)))
         enhance = list(range(n_stages - stage_count(tmca.pop("enhance_stages"), n_stages), n_stages))
         weights = tmca.pop("level_weights")
-        arch = conf["architecture"]["arch_kwargs"]
-        tmca["enhance_pool"] = token_pools(conf["patch_size"], arch["strides"], enhance,
-                                           tmca.pop("enhance_max_voxels", None))
+        grids = stage_grids(conf["patch_size"], arch["strides"])
+        tmca["enhance_pool"] = token_pools(grids, arch["strides"], enhance, tmca.pop("enhance_max_voxels", None))
         tmca.update(align_stages=align, enhance_stages=enhance,
                     level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
         return {
@@ -208,6 +217,7 @@ class VLPlannerMixin:
             "fusion_heads": preset["fusion_heads"],
             "fusion_depth": preset["fusion_depth"],
             "fusion_vram_estimate_mb": estimate_mb,
+            "fusion_vram_held_mb": held_mb,
             "recompute_stages": recompute_stages(preset, n_stages),
             "fusion_reason": reason,
             "train_word_embeddings": bool(preset.get("train_word_embeddings", False)),

@@ -68,14 +68,14 @@ def test_scaling_smallest(bench_dirs, tiny_bert):
     rows = payload["rows"]
     assert sorted(r["axis"] for r in rows) == ["fused stages", "patch voxels", "report tokens"]
     for row in rows:
-        for key in ("bipvl_s", "image_s", "voxels", "text_tokens", "planner_mb", "planner_actual_widths_mb",
-                    "bipvl_activation_mb"):
+        for key in ("bipvl_s", "image_s", "voxels", "text_tokens", "planner_mb", "bipvl_activation_mb"):
             assert _positive(row[key]), (row["axis"], key, row[key])
         for key in ("text_branch_s", "text_activation_mb", "image_activation_mb"):  # differences may be noisy
             assert math.isfinite(row[key]), (row["axis"], key, row[key])
         assert row["report_tokens"] == 16 and row["fusion_stages"] == list(range(payload["n_stages"]))
         assert len(row["fusion_pool"]) == len(row["fusion_stages"])  # the kernels the built network used
-        assert row["planner_actual_widths_mb"] <= row["planner_mb"]  # blocks are at most fusion_dim wide
+        # the `light` preset recomputes nothing: every fused stage's estimate is held at once
+        assert row["planner_mb"] == pytest.approx(sum(row["planner_per_stage_mb"].values()), abs=0.05)
 
 
 def test_cost_on_a_planned_dataset(bench_dirs, tiny_bert):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_vl.planning.planners import direction_axes_from_geometry, load_preset, PresetError, token_pools
+from nnunet_vl.planning.planners import (direction_axes_from_geometry, load_preset, PresetError, stage_grids,
+                                         token_pools)
 
 
 def _load(path: Path) -> dict:
@@ -93,37 +94,50 @@ def test_recomputed_stages_count_once_in_the_text_budget(planned_2d, nnunet_fold
         "configurations"]["2d"]
     preset = load_preset("bipvl")
 
-    def fused(recompute: int | str, target_gb: float, max_voxels: int | None = None) -> tuple[list[int], dict]:
+    def fused(recompute: int | str, target_gb: float, max_voxels: int | None = None) -> tuple[list[int], dict, float]:
         planner = SimpleNamespace(text_spec={"preset": dict(preset, recompute_stages=recompute,
                                                             fusion_max_voxels=max_voxels)},
                                   UNet_vram_target_GB=target_gb)
-        stages, pools, estimate, _ = VLPlannerMixin._fusion_stages(planner, conf, 30)
+        stages, pools, estimate, held, _ = VLPlannerMixin._fusion_stages(planner, conf, 30)
         assert len(pools) == len(stages)
-        return stages, estimate
+        return stages, estimate, held
 
-    stages, estimate = fused(0, 1e9)
+    stages, estimate, held = fused(0, 1e9)
     assert stages[:2] == [0, 1] and estimate["stage_0"] > estimate["stage_1"] > 0
+    assert held == pytest.approx(sum(estimate.values()), abs=0.01)
+    assert fused("all", 1e9)[2] == pytest.approx(estimate["stage_0"], abs=0.01)  # the largest block, once
     budget_mb = sum(estimate.values()) - estimate["stage_1"] / 2  # below all stages, above all but stage 1's half
     target_gb = budget_mb / 1024 / preset["text_vram_fraction"]
     assert 0 not in fused(0, target_gb)[0]
     assert fused(2, target_gb)[0] == stages
     assert fused("all", target_gb)[0] == stages
-    # stage 0's tokens pooled to stage 1's grid: its estimate shrinks by the pooling factor and it fits again
-    strides = conf["architecture"]["arch_kwargs"]["strides"]
+    # stage 0's tokens pooled to stage 1's grid: its blocks' estimate shrinks by the pooling factor, two fp16
+    # tensors at stage 0's resolution join it (the block's output and the interpolated update), and it fits again
+    arch = conf["architecture"]["arch_kwargs"]
+    strides = arch["strides"]
     stage1_voxels = int(np.prod(np.asarray(conf["patch_size"]) // np.prod(strides[:2], axis=0)))
-    pooled_stages, pooled = fused(0, target_gb, stage1_voxels)
+    pooled_stages, pooled, _ = fused(0, target_gb, stage1_voxels)
     assert pooled_stages == stages
-    assert pooled["stage_0"] == pytest.approx(estimate["stage_0"] / np.prod(strides[1]), abs=0.01)
+    stage0_voxels = np.prod(conf["patch_size"]) / np.prod(strides[0])
+    stage0_tensors_mb = 2 * conf["batch_size"] * stage0_voxels * arch["features_per_stage"][0] * 2 / 1024 ** 2
+    assert pooled["stage_0"] == pytest.approx(estimate["stage_0"] / np.prod(strides[1]) + stage0_tensors_mb,
+                                              abs=0.01)
     assert all(pooled[f"stage_{k}"] == estimate[f"stage_{k}"] for k in stages[1:])
+    # recomputing drops the pooled block's activations, not its stage-resolution tensors
+    pooled_blocks = {k: v - (stage0_tensors_mb if k == "stage_0" else 0) for k, v in pooled.items()}
+    assert fused("all", 1e9, stage1_voxels)[2] == pytest.approx(stage0_tensors_mb + max(pooled_blocks.values()),
+                                                                abs=0.02)
 
 
 def test_token_pools_reach_the_voxel_cap_with_the_following_strides() -> None:
     strides = [[1, 1], [2, 2], [2, 2], [2, 2]]
-    assert token_pools([224, 224], strides, [0, 1, 2, 3], 4096) == [[4, 4], [2, 2], [1, 1], [1, 1]]
-    assert token_pools([224, 224], strides, [1, 3], None) == [[1, 1], [1, 1]]
-    assert token_pools([224, 224], strides, [0], 1) == [[8, 8]]  # never past the deepest stage
+    grids = stage_grids([224, 224], strides)
+    assert token_pools(grids, strides, [0, 1, 2, 3], 4096) == [[4, 4], [2, 2], [1, 1], [1, 1]]
+    assert token_pools(grids, strides, [1, 3], None) == [[1, 1], [1, 1]]
+    assert token_pools(grids, strides, [0], 1) == [[8, 8]]  # never past the deepest stage
     # anisotropic: only the axes the following stages downsample are pooled
-    assert token_pools([20, 192, 160], [[1, 1, 1], [1, 2, 2], [2, 2, 2]], [0, 1], 20000) == [[2, 4, 4], [2, 2, 2]]
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    assert token_pools(stage_grids([20, 192, 160], strides), strides, [0, 1], 20000) == [[2, 4, 4], [2, 2, 2]]
 
 
 def test_recompute_preset_reaches_plans_and_network(planned_2d, tiny_bert, nnunet_folders, tmp_path):
