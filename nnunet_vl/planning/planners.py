@@ -173,14 +173,15 @@ class VLPlannerMixin:
         while len(stages) > 1 and kept(stages) > budget:
             dropped.append(stages.pop(0))  # highest resolution first: it has the most tokens
         estimate = {f"stage_{k}": round((blocks(k) + stage_resolution(k)) / 1024 ** 2, 2) for k in stages}
+        held_mb = kept(stages) / 1024 ** 2
         if dropped:
             reason = (f"stages {dropped} dropped: fusion at them would exceed {preset['text_vram_fraction']:.0%} of "
                       f"the {self.UNet_vram_target_GB} GB target ({budget / 1024 ** 2:.0f} MB)")
         else:
             reason = (f"{len(stages)} of {n_stages} stages fused (preset '{preset['name']}': {preset['fusion_stages']}); "
-                      f"estimate {kept(stages) / 1024 ** 2:.1f} MB within the "
+                      f"estimate {held_mb:.1f} MB within the "
                       f"{budget / 1024 ** 2:.0f} MB text budget")
-        return stages, [pools[k] for k in stages], estimate, round(kept(stages) / 1024 ** 2, 2), reason
+        return stages, [pools[k] for k in stages], estimate, round(held_mb, 2), reason
 
     def text_section(self, conf: dict, configuration_name: str, transpose_forward: list[int]) -> dict:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
