@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,8 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
 
 from nnunet_vl.networks.fusion import fusion_width
+from nnunet_vl.package_data import PRESETS, data_dir, data_files
 
-_REPO_PRESETS = Path(__file__).resolve().parents[2] / "planners"
 # bytes per fusion token and channel in one fusion block (activations kept for backward, fp16 + attention I/O)
 _FUSION_BYTES_PER_TOKEN_CHANNEL = 24
 _FUSION_BYTES_PER_ATTENTION_ENTRY = 4
@@ -27,14 +26,12 @@ class PresetError(ValueError):
 
 
 def presets_dir() -> Path:
-    """Top-level planners/ in a source checkout, else the installed package's copy."""
-    if _REPO_PRESETS.is_dir():
-        return _REPO_PRESETS
-    return Path(str(resources.files("nnunet_vl.planner_presets")))
+    """The installed presets (`planners/` of the source tree, shipped as nnunet_vl.planner_presets)."""
+    return data_dir(PRESETS)
 
 
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in presets_dir().glob("*.json"))
+    return [p.stem for p in data_files(PRESETS)]
 
 
 def load_preset(name_or_path: str) -> dict:

@@ -64,16 +64,31 @@ class DatasetText:
             raise TextContractError(self.errors)
 
 
-def _decode(raw: bytes, where: str, problems: list[TextProblem]) -> str | None:
+def _decode(raw: bytes, where: str, problems: list[TextProblem], report_lines: bool = True) -> tuple[str, dict[int, str]]:
+    """UTF-8 text of a file; undecodable bytes become U+FFFD so the rest is still read.
+
+    Returns the text and, per line number holding a bad byte, what was found there. With report_lines the
+    bad lines are reported here; otherwise the caller reports them with what it knows of the line (the case).
+    """
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        problems.append(TextProblem(where, f"is not UTF-8 text (byte {e.start})",
-                                    "re-save the file with UTF-8 encoding"))
-        return None
+        return raw.decode("utf-8-sig"), {}
+    except UnicodeDecodeError:
+        pass
+    bad: dict[int, str] = {}
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad[number] = f"byte 0x{line[e.start]:02X} at column {e.start + 1}"
+    if report_lines:
+        for number, found in bad.items():
+            problems.append(TextProblem(where, f"line {number} is not UTF-8 text ({found})",
+                                        "re-save the file with UTF-8 encoding"))
+    return raw.decode("utf-8-sig", errors="replace"), bad
 
 
-def _read_reports_table(path: Path, text: str, problems: list[TextProblem]) -> dict[str, object]:
+def _read_reports_table(path: Path, text: str, problems: list[TextProblem],
+                        lines: dict[str, int]) -> dict[str, object]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     columns = [c.strip().lower() for c in (reader.fieldnames or [])]
@@ -89,23 +104,54 @@ def _read_reports_table(path: Path, text: str, problems: list[TextProblem]) -> d
             problems.append(TextProblem(str(path), f"case '{case}' has more than one report",
                                         "keep one row per case_id"))
         reports[case] = row.get("report")
+        lines[case] = reader.line_num
     return reports
 
 
+def _json_key_lines(text: str, keys: list[str]) -> dict[str, int]:
+    """Line number of each key's first occurrence as a JSON object key in text."""
+    lines = {}
+    for key in keys:
+        at = text.find(json.dumps(key)[:-1] + '"')
+        if at < 0:
+            at = text.find(f'"{key}"')
+        if at >= 0:
+            lines[key] = text.count("\n", 0, at) + 1
+    return lines
+
+
+def _report_bad_bytes(path: Path, reports: dict[str, object], lines: dict[str, int], bad: dict[int, str],
+                      problems: list[TextProblem]) -> None:
+    """One problem per undecodable line, naming the case whose report holds it where one does."""
+    cases_at = {line: case for case, line in lines.items()}
+    for number, found in bad.items():
+        case = cases_at.get(number)
+        where = f"line {number}, case '{case}'" if case else f"line {number}"
+        problems.append(TextProblem(str(path), f"{where}: not UTF-8 text ({found})",
+                                    "re-save the file with UTF-8 encoding"))
+        if case is not None:
+            reports.pop(case, None)  # reported here once, not again as undecodable characters
+
+
 def read_reports_file(path: Path, problems: list[TextProblem]) -> dict[str, object]:
-    """Reports from a .json object or a .csv/.tsv table with columns case_id,report."""
+    """Reports from a .json object or a .csv/.tsv table with columns case_id,report.
+
+    A bad byte is reported with its line (and case) and the rest of the file is still read.
+    """
     if not path.is_file():
         problems.append(TextProblem(str(path), "reports file does not exist",
                                     "fix the 'reports' path in dataset.json (relative to the dataset folder)"))
         return {}
-    text = _decode(path.read_bytes(), str(path), problems)
-    if text is None:
-        return {}
+    text, bad = _decode(path.read_bytes(), str(path), problems, report_lines=False)
+    lines: dict[str, int] = {}
     if path.suffix.lower() in (".csv", ".tsv"):
-        return _read_reports_table(path, text, problems)
+        reports = _read_reports_table(path, text, problems, lines)
+        _report_bad_bytes(path, reports, lines, bad, problems)
+        return reports
     try:
         reports = json.loads(text)
     except json.JSONDecodeError as e:
+        _report_bad_bytes(path, {}, {}, bad, problems)
         problems.append(TextProblem(str(path), f"is not valid JSON ({e.msg}, line {e.lineno})",
                                     "write a JSON object {\"case_id\": \"report\", ...}"))
         return {}
@@ -113,6 +159,9 @@ def read_reports_file(path: Path, problems: list[TextProblem]) -> dict[str, obje
         problems.append(TextProblem(str(path), "must hold a JSON object mapping case ids to reports",
                                     "write {\"case_id\": \"report\", ...}"))
         return {}
+    if bad:
+        undecodable = [c for c, r in reports.items() if isinstance(r, str) and "\ufffd" in r]
+        _report_bad_bytes(path, reports, _json_key_lines(text, undecodable), bad, problems)
     return reports
 
 
@@ -138,8 +187,8 @@ def _clean_reports(raw: dict[str, object], where: str, problems: list[TextProble
     reports = {}
     for case, text in raw.items():
         if isinstance(text, bytes):
-            text = _decode(text, f"{where} (case '{case}')", problems)
-            if text is None:
+            text, bad = _decode(text, f"{where} (case '{case}')", problems)
+            if bad:
                 continue
         if not isinstance(text, str) or not text.strip():
             problems.append(TextProblem(where, f"report of case '{case}' is empty",
@@ -181,9 +230,9 @@ def _collect_label_texts(folder: Path, dataset_json: dict, label_names: list[str
     if isinstance(spec, str):
         if (folder / spec).is_file():
             where = str(folder / spec)
-            text = _decode((folder / spec).read_bytes(), where, problems)
+            text, _ = _decode((folder / spec).read_bytes(), where, problems)
             try:
-                raw = json.loads(text) if text is not None else {}
+                raw = json.loads(text)
             except json.JSONDecodeError as e:
                 problems.append(TextProblem(where, f"is not valid JSON ({e.msg})", "fix the JSON syntax"))
         else:
@@ -256,7 +305,7 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
                                         "or plan with --allow-missing-reports to use label texts only"))
     elif not unreadable:
         for case in train:
-            if case not in reports and not any(p.message.startswith(f"report of case '{case}'") for p in problems):
+            if case not in reports and not any(f"case '{case}'" in p.message for p in problems):
                 problems.append(TextProblem(where, f"training case '{case}' has no report",
                                             "add its report, or plan with --allow-missing-reports",
                                             severity="error" if require_reports else "warning"))

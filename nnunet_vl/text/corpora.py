@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib.resources
 import json
 import re
 import unicodedata
@@ -22,6 +21,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from nnunet_vl.package_data import CORPORA, data_dir, data_files
 
 __all__ = [
     "CONCEPTS",
@@ -53,33 +54,13 @@ class CorpusError(ValueError):
 
 
 def corpus_dir() -> Path:
-    """Directory holding the corpus JSON files.
-
-    From a source checkout this is the repository's top-level ``text_corpora/``; from a
-    (non-editable) install it is the ``nnunet_vl.text_corpora`` package directory.
-    """
-    source = Path(__file__).resolve().parents[2] / "text_corpora"
-    if source.is_dir():
-        return source
-    try:
-        resources = importlib.resources.files("nnunet_vl.text_corpora")
-    except ModuleNotFoundError as err:
-        raise CorpusError(
-            "nnunet_vl.text_corpora is not installed and no source text_corpora/ was found; "
-            "reinstall nnunet_vl"
-        ) from err
-    if isinstance(resources, Path):
-        return resources
-    # text_corpora has no __init__.py, so it may resolve as a namespace package (MultiplexedPath);
-    # its children are real paths.
-    for child in resources.iterdir():
-        return Path(str(child)).parent
-    raise CorpusError("the installed nnunet_vl.text_corpora package is empty; reinstall nnunet_vl")
+    """The installed corpora (`text_corpora/` of the source tree, shipped as nnunet_vl.text_corpora)."""
+    return data_dir(CORPORA)
 
 
 def available_corpora() -> list[str]:
     """Sorted ids (file stems) of the shipped corpora."""
-    return sorted(p.stem for p in corpus_dir().glob("*.json") if p.is_file())
+    return [p.stem for p in data_files(CORPORA)]
 
 
 def normalise_label_name(name: str) -> str:

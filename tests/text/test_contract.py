@@ -113,7 +113,7 @@ def test_non_utf8_and_duplicate_rows(raw_dataset):
     folder = raw_dataset(reports="reports.csv")
     (folder / "reports.csv").write_bytes("case_id,report\ncase_a,l\xe9sion\n".encode("latin-1"))
     text = load_dataset_text(folder)
-    assert any("is not UTF-8" in p.message and p.file.endswith("reports.csv") for p in text.errors)
+    assert any("not UTF-8" in p.message and p.file.endswith("reports.csv") for p in text.errors)
     (folder / "reports.csv").write_text("case_id,report\ncase_a,one\ncase_a,two\ncase_b,x\ncase_c,y\n")
     text = load_dataset_text(folder)
     assert [p.message for p in text.errors] == ["case 'case_a' has more than one report"]
@@ -140,10 +140,27 @@ def test_dataset_without_reports(raw_dataset):
     assert load_dataset_text(folder, require_reports=False).errors == []
 
 
-def test_unreadable_reports_file_is_one_error_not_one_per_case(raw_dataset):
+def test_bad_byte_is_located_and_the_rest_still_read(raw_dataset):
+    """A non-UTF-8 byte is named by line and case; the other rows' problems come in the same run."""
     folder = raw_dataset(reports="reports.csv", label_texts={"liver": {"colour": "red"}})
-    (folder / "reports.csv").write_bytes("case_id,report\ncase_a,l\xe9sion\n".encode("latin-1"))
-    problems = load_dataset_text(folder).problems
-    assert [p.message for p in problems if p.file.endswith("reports.csv")] == ["is not UTF-8 text (byte 23)"]
-    liver = [p for p in problems if "'liver'" in p.message]  # the invalid entry, not also "has no label text"
+    rows = "case_id,report\ncase_a,Lesion left.\ncase_b,l\xe9sion\ncase_c,\nghost,Right lobe.\ntest_x,Mass.\n"
+    (folder / "reports.csv").write_bytes(rows.encode("latin-1"))
+    text = load_dataset_text(folder)
+    csv_errors = [p.message for p in text.errors if p.file.endswith("reports.csv")]
+    assert csv_errors == ["line 3, case 'case_b': not UTF-8 text (byte 0xE9 at column 9)",
+                          "report of case 'case_c' is empty",
+                          "report for unknown case 'ghost' (no such image in imagesTr/imagesTs)"]
+    assert text.reports == {"case_a": "Lesion left.", "test_x": "Mass."}  # nothing good is lost
+    liver = [p for p in text.problems if "'liver'" in p.message]  # the invalid entry, not also "has no label text"
     assert len(liver) == 2 and all(p.severity == "error" for p in liver)
+    with pytest.raises(TextContractError):
+        text.raise_on_errors()  # planning still refuses
+
+
+def test_bad_byte_in_a_json_reports_file_names_the_case(raw_dataset):
+    folder = raw_dataset(reports="reports.json")
+    body = '{\n"case_a": "ok",\n"case_b": "l\xe9sion",\n"case_c": "ok",\n"test_x": "ok"\n}'
+    (folder / "reports.json").write_bytes(body.encode("latin-1"))
+    text = load_dataset_text(folder)
+    assert [p.message for p in text.errors] == ["line 3, case 'case_b': not UTF-8 text (byte 0xE9 at column 13)"]
+    assert set(text.reports) == {"case_a", "case_c", "test_x"}
