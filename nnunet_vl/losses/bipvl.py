@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_vl.losses.pooling import region_means
+
 
 def _info_nce(logits: torch.Tensor, anchors: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy of logits (..., C, C) whose positive is the diagonal, and the anchor count.
@@ -51,14 +53,22 @@ class GlobalLocalContrastiveLoss(nn.Module):
         self.ignore_label = ignore_label
 
     def forward(self, aux: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """aux from BiPVLUNet(..., return_aux=True); target (B, 1, *spatial) integer labels -> scalar losses."""
+        """aux from BiPVLUNet(..., return_aux=True); target (B, 1, *spatial) integer labels -> scalar fp32 losses.
+
+        Autocast is off here, as in the TMCA loss: under fp16 autocast the voxel sums of mask pooling overflow and
+        logits / temperature lose precision. The stage maps come in the network's (autocast) dtype.
+        """
+        with torch.autocast(device_type=target.device.type, enabled=False):
+            return self._losses(aux, target)
+
+    def _losses(self, aux: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
         text_class = aux["text_class"].float()
         concept_text = aux["concept_text"].float()
         concept_present = aux["concept_present"].bool()
         stages = sorted(key.removeprefix("visual_") for key in aux if key.startswith("visual_"))
         if not stages:
             raise ValueError("aux holds no visual_{stage} feature maps")
-        maps = [(aux[f"visual_{k}"].float(), aux[f"projection_{k}"].float()) for k in stages]
+        maps = [(aux[f"visual_{k}"], aux[f"projection_{k}"].float()) for k in stages]  # maps stay in their dtype
         num_classes = text_class.shape[1]
         labels = target[:, 0].long()
         class_masks = [labels == c for c in range(num_classes)]
@@ -75,7 +85,7 @@ class GlobalLocalContrastiveLoss(nn.Module):
             weights = torch.stack(
                 [F.interpolate(m[:, None].float(), size=spatial, mode="area")[:, 0] for m in class_masks], dim=1
             ).flatten(2)  # (B, C, N)
-            pooled = weights @ fmap.flatten(2).transpose(1, 2) / weights.sum(-1, keepdim=True).clamp_min(1e-6)
+            pooled = region_means(fmap.flatten(2), weights)  # (B, C, channels) fp32
             visual = F.normalize(F.linear(pooled, projection), dim=-1)  # (B, C, P)
             logits = torch.einsum("bcp,bdp->bcd", visual, text_class) / self.temperature
             term, count = _info_nce(logits, present, torch.ones_like(logits, dtype=torch.bool))

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_vl.losses.pooling import region_means
+
 
 def region_weights(
     target: torch.Tensor, spatial_size: Sequence[int], ignore_label: int | None = None
@@ -41,9 +43,8 @@ def region_weights(
 
 
 def weighted_mean(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, C, N) features, (B, N) weights → (B, C); 0 where a sample's weights sum to 0."""
-    total = torch.bmm(features, weights.unsqueeze(-1)).squeeze(-1)
-    return total / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    """(B, C, N) features, (B, N) weights → (B, C) fp32; 0 where a sample's weights sum to 0."""
+    return region_means(features, weights[:, None])[:, 0]
 
 
 class TargetInformedAlignmentLoss(nn.Module):
@@ -98,14 +99,15 @@ class TargetInformedAlignmentLoss(nn.Module):
         return losses
 
     def _level_loss(self, level: int, aux: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        features = aux[f"features_l{level}"].float()
+        features = aux[f"features_l{level}"]  # the network's dtype: region_means pools it in fp32 without a full copy
         head = aux[f"image_head_l{level}"].float()
         report = aux[f"text_l{level}"].float()
         keys = aux["report_key"]
         foreground, background = region_weights(target, features.shape[2:], self.ignore_label)
         has_foreground = foreground.sum(dim=1) > 0
         flat = features.flatten(2)
-        targets = F.normalize(F.linear(weighted_mean(flat, foreground), head), dim=-1)
+        target_mean, background_mean = region_means(flat, torch.stack([foreground, background], dim=1)).unbind(1)
+        targets = F.normalize(F.linear(target_mean, head), dim=-1)
 
         positive = (report * targets).sum(dim=-1, keepdim=True) / self.temperature
         same_report = keys[:, None] == keys[None, :]
@@ -115,7 +117,7 @@ class TargetInformedAlignmentLoss(nn.Module):
         queued = (report @ queue.T / self.temperature).masked_fill(keys[:, None] == queue_keys[None, :], -math.inf)
         logits = [positive, in_batch, queued]
         if self.background_weight > 0:
-            backgrounds = F.normalize(F.linear(weighted_mean(flat, background), head), dim=-1)
+            backgrounds = F.normalize(F.linear(background_mean, head), dim=-1)
             own_background = (report * backgrounds).sum(dim=-1, keepdim=True) / self.temperature
             own_background = own_background + math.log(self.background_weight)
             logits.append(own_background.masked_fill(~(background.sum(dim=1) > 0)[:, None], -math.inf))

@@ -155,6 +155,11 @@ class BidirectionalFusionBlock(nn.Module):
             tokens, text_tokens = layer(tokens, text_tokens, key_mask)
         tokens = self.image_norm_out(tokens).transpose(1, 2).reshape(b, -1, *grid)
         gate_shape = (1, -1) + (1,) * len(grid)
-        image = image + upsample(torch.tanh(self.image_gate).view(gate_shape) * self.image_out(tokens), spatial)
-        text = text + torch.tanh(self.text_gate) * self.text_out(self.text_norm_out(text_tokens))
+        update = self.image_out(tokens)
+        # gates in the update's (autocast) dtype and results in the inputs' dtype: fp32 gates would promote an fp16
+        # stage output, and the skip the decoder keeps of it, to fp32
+        update = upsample(torch.tanh(self.image_gate).to(update.dtype).view(gate_shape) * update, spatial)
+        image = image + update.to(image.dtype)
+        text_update = self.text_out(self.text_norm_out(text_tokens))
+        text = text + (torch.tanh(self.text_gate).to(text_update.dtype) * text_update).to(text.dtype)
         return image, text

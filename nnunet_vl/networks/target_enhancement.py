@@ -120,13 +120,17 @@ class TargetEnhancement(nn.Module):
         attention = torch.sigmoid(self.score(image + attended)).transpose(1, 2).reshape(batch, 1, *grid)
         attended_text = self.text_out(attended.transpose(1, 2).reshape(batch, -1, *grid))
         view = (1, -1) + (1,) * len(grid)
-        added = (torch.tanh(self.text_gate).view(view) * attended_text).contiguous()  # standard layout for the result
-        attention_map = attention
+        # everything at the stage's resolution in the stage's dtype: fp32 gates times an fp16 (autocast) update
+        # would promote the enhanced stage output, and the decoder's skip of it, to fp32
+        dtype = features.dtype
+        added = (torch.tanh(self.text_gate).to(attended_text.dtype).view(view) * attended_text).to(dtype)
+        added = added.contiguous()  # standard layout for the result
+        attention_map = attention.to(dtype)
         if self.pool is not None:  # one interpolation for both; the modulation is affine in A, so it commutes
-            both = upsample(torch.cat([attention, added], dim=1), spatial)
+            both = upsample(torch.cat([attention_map, added], dim=1), spatial)
             attention_map, added = both.split([1, added.shape[1]], dim=1)
-        modulation = 1 + torch.tanh(self.attention_gate).view(view) * (2 * attention_map - 1)
-        return torch.addcmul(added, features, modulation), attention
+        modulation = 1 + torch.tanh(self.attention_gate).to(dtype).view(view) * (2 * attention_map - 1)
+        return torch.addcmul(added, features, modulation.to(dtype)), attention
 
     def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, D) → (B, heads, L, D / heads)."""
