@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from nnunet_vl.cli.main import trainer_dir
+from nnunet_vl.cli.environment import trainer_dir
 
 DATASET_IDS = {2: 990, 3: 991}
 
@@ -30,15 +31,54 @@ def demo_environment(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _run(step: str, cmd: list[str], env: dict[str, str], log: Path, started: float) -> None:
+class EpochProgress:
+    """Turns nnU-Net's training log lines into one line per epoch: epoch k/N, train loss, pseudo Dice, elapsed."""
+
+    _EPOCH = re.compile(r": Epoch (\d+)$")
+    _LOSS = re.compile(r": train_loss (\S+)$")
+    _DICE = re.compile(r": Pseudo dice \[(.*)\]$")
+    _TIME = re.compile(r": Epoch time: [\d.]+ s$")
+    _FLOAT = re.compile(r"nan|[-+]?\d*\.\d+(?:e[-+]?\d+)?")
+
+    def __init__(self, num_epochs: int | None, started: float) -> None:
+        self.num_epochs, self.started = num_epochs, started
+        self.epoch: int | None = None
+        self.loss = self.dice = float("nan")
+
+    def feed(self, line: str) -> str | None:
+        """The progress line to print when `line` closes an epoch, else None."""
+        line = line.rstrip()
+        if m := self._EPOCH.search(line):
+            self.epoch, self.loss, self.dice = int(m.group(1)), float("nan"), float("nan")
+        elif m := self._LOSS.search(line):
+            self.loss = float(m.group(1))
+        elif m := self._DICE.search(line):
+            values = [float(v) for v in self._FLOAT.findall(m.group(1))]
+            self.dice = sum(values) / len(values) if values else float("nan")
+        elif self._TIME.search(line) and self.epoch is not None:
+            total = f"/{self.num_epochs}" if self.num_epochs else ""
+            return (f"    epoch {self.epoch + 1}{total}: train loss {self.loss:.3f}, pseudo Dice {self.dice:.3f}, "
+                    f"{time.time() - self.started:.0f} s elapsed")
+        return None
+
+
+def _run(step: str, cmd: list[str], env: dict[str, str], log: Path, started: float,
+         progress: EpochProgress | None = None) -> None:
+    """Run cmd with its output appended to log; with progress, print one line per finished training epoch."""
     print(f"[{time.time() - started:6.0f}s] {step}: {' '.join(cmd)}", flush=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        result = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   errors="replace", bufsize=1)
+        for line in process.stdout:
+            f.write(line)
+            if progress is not None and (summary := progress.feed(line)) is not None:
+                print(summary, flush=True)
+        returncode = process.wait()
+    if returncode != 0:
         tail = log.read_text(encoding="utf-8").splitlines()[-30:]
-        raise RuntimeError(f"step '{step}' failed (exit {result.returncode}); last lines of {log}:\n" + "\n".join(tail))
+        raise RuntimeError(f"step '{step}' failed (exit {returncode}); last lines of {log}:\n" + "\n".join(tail))
 
 
 def _bin(name: str) -> str:
@@ -60,6 +100,7 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
     from nnunet_vl.data.synthetic import make_synthetic_dataset
     from nnunet_vl.inference.evaluate import mean_dice
     from nnunet_vl.planning.api import plans_with_batch_size
+    from nnunet_vl.training.budgets import BUDGETS
 
     started = time.time()
     workdir = workdir.resolve()
@@ -101,7 +142,8 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
             continue
         resume = ["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []
         _run(f"train {trainer}", [_bin("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", trainer,
-                                  "-p", plans_id, "-device", "cpu", *resume], env, log, started)
+                                  "-p", plans_id, "-device", "cpu", *resume], env, log, started,
+             EpochProgress(BUDGETS[budget].epochs if budget in BUDGETS else None, time.time()))
 
     images = dataset_folder / "imagesTs"
     predictions = workdir / "predictions"
@@ -120,15 +162,38 @@ def run_demo(workdir: Path, dim: int = 2, encoder: str = "minilm", methods: list
                                                  trainer, "--text-mode", mode], env, log, started)
             row[mode] = mean_dice(dataset_folder / "labelsTs", out, dataset_folder)
         rows[trainer] = row
+    figure = comparison_figure(dataset_folder, predictions, trainers, plans_id, workdir / "demo_cases.png")
     elapsed = time.time() - started
     table = format_table(rows)
     print("\nDice on the held-out synthetic test cases (text decides which look-alike object is the target):\n")
     print(table)
-    print(f"\nwall time {elapsed / 60:.1f} min; log: {log}")
+    print(f"\nfigure: {figure}")
+    print(f"wall time {elapsed / 60:.1f} min; log: {log}")
     summary = {"rows": rows, "wall_time_s": elapsed, "dataset": dataset_folder.name, "configuration": configuration,
-               "budget": budget, "plans": plans_id}
+               "budget": budget, "plans": plans_id, "figure": str(figure)}
     (workdir / "demo_results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def comparison_figure(dataset_folder: Path, predictions: Path, trainers: list[str], plans_id: str, out: Path,
+                      num_cases: int = 3) -> Path:
+    """A PNG of the first test cases: image-only prediction, then the first VL model with its own and a shuffled
+    report, with both reports printed under each row."""
+    from nnunet_vl.inference.comparison import Panel, render_comparison
+    from nnunet_vl.text.contract import load_dataset_text
+    from nnunet_vl.text.provider import shuffled_partner
+
+    reports = load_dataset_text(dataset_folder, require_reports=False).reports
+    image_only, vl = trainers[0], trainers[1]
+    name = vl.removeprefix("nnUNetTrainer").split("_")[0]
+    panels = [Panel("image only", predictions / f"{image_only}__{plans_id}"),
+              Panel(f"{name}, own report", predictions / f"{vl}__{plans_id}_report"),
+              Panel(f"{name}, shuffled", predictions / f"{vl}__{plans_id}_shuffled")]
+    ending = json.loads((dataset_folder / "dataset.json").read_text(encoding="utf-8"))["file_ending"]
+    cases = sorted(p.name[: -len(ending)] for p in panels[0].predictions.iterdir() if p.name.endswith(ending))
+    cases = [c for c in cases if c in reports][:num_cases]
+    texts = {c: [f"report:   {reports[c]}", f"shuffled: {reports[shuffled_partner(reports, c)]}"] for c in cases}
+    return render_comparison(dataset_folder, cases, panels, texts, out)
 
 
 def _trainer_exists(name: str) -> bool:

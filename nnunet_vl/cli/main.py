@@ -6,12 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from nnunet_vl.cli.environment import trainer_dir
 from nnunet_vl.cli.errors import CheckFailedError, run_with_clear_errors
-
-
-def trainer_dir() -> Path:
-    """The directory to put in nnUNet_extTrainer."""
-    return Path(__file__).resolve().parents[1] / "trainers"
 
 
 def _raw_root(arg: str | None) -> Path:

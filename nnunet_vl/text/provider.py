@@ -35,6 +35,15 @@ def tokenizer_from_files(files: dict[str, bytes]):
         return AutoTokenizer.from_pretrained(d, local_files_only=True)
 
 
+def shuffled_partner(reports: dict[str, str], case: str) -> str:
+    """The case whose report `--text-mode shuffled` gives to `case`: a fixed other case with another report."""
+    others = [c for c in sorted(reports) if reports[c] != reports[case]]
+    if not others:
+        return case
+    digest = int(hashlib.sha1(case.encode()).hexdigest(), 16)
+    return others[digest % len(others)]
+
+
 class TextProvider:
     """Builds TextInputs for a list of cases.
 
@@ -51,7 +60,6 @@ class TextProvider:
         self.direction_axes = direction_axes
         self.report_token_ids = report_token_ids or {}
         self.source = source
-        self._shuffle_order = sorted(reports)
 
     def report(self, case: str, mode: str = "report") -> str:
         if mode == "none":
@@ -67,11 +75,7 @@ class TextProvider:
 
     def shuffled_partner(self, case: str) -> str:
         """A fixed other case whose report differs (deterministic, independent of call order)."""
-        others = [c for c in self._shuffle_order if self.reports[c] != self.reports[case]]
-        if not others:
-            return case
-        digest = int(hashlib.sha1(case.encode()).hexdigest(), 16)
-        return others[digest % len(others)]
+        return shuffled_partner(self.reports, case)
 
     def check_reports(self, cases: Sequence[str], mode: str = "report") -> None:
         """Fail before any work when cases lack the report the text mode needs."""

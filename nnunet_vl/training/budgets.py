@@ -23,6 +23,8 @@ CPU_SMOKE = Budget(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2)
 DEMO = Budget(epochs=12, iterations_per_epoch=25, val_iterations_per_epoch=4)
 # nnU-Net's own nnUNetTrainer_5epochs: 5 epochs at its default 250 / 50 iterations
 FIVE_EPOCHS = Budget(epochs=5, iterations_per_epoch=250, val_iterations_per_epoch=50)
+# by the trainer variants' name suffix
+BUDGETS = {"cpu": CPU_SMOKE, "demo": DEMO, "5epochs": FIVE_EPOCHS}
 
 
 class WithBudget:
