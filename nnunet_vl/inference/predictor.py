@@ -43,6 +43,8 @@ class nnUNetPredictorVL(nnUNetPredictor):
     contradict "left", "upper", ...).
     """
 
+    passes_text_to_network = True  # the network builder refuses nnU-Net's own predictor (refuse_stock_predictor)
+
     def __init__(self, *args, text_mode: str = "report", save_attention: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if text_mode not in TEXT_MODES:

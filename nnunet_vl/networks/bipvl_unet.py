@@ -10,7 +10,7 @@ from torch import nn
 from nnunet_vl.networks.fusion import BidirectionalFusionBlock, fusion_width
 from nnunet_vl.networks.recompute import run_block
 from nnunet_vl.networks.text_branch import ProgressiveTextEncoder
-from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.text_inputs import TextInputs, require_text
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
 
 
@@ -93,12 +93,9 @@ class BiPVLUNet(nn.Module):
     ) -> torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor | list[torch.Tensor], dict[str, torch.Tensor]]:
         """x (B, in_channels, *spatial) -> what image_unet(x) returns, plus the aux dict if return_aux.
 
-        text=None runs the plain image U-Net (no fusion); aux outputs then are not available.
+        text=None raises TextRequiredError (`--text-mode none` passes an empty report instead).
         """
-        if text is None:
-            if return_aux:
-                raise ValueError("return_aux needs text")
-            return self.image_unet(x)
+        text = require_text(text, type(self).__name__)
         if text.num_classes != self.num_classes:
             raise ValueError(f"text has {text.num_classes} class descriptions, the network {self.num_classes} classes")
         hidden, mask = self.text_branch.embed(text)

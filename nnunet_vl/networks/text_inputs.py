@@ -35,3 +35,17 @@ class TextInputs:
     @property
     def num_classes(self) -> int:
         return self.class_ids.shape[0]
+
+
+class TextRequiredError(ValueError):
+    """A VL network was called without text (the stock nnU-Net predictor calls `network(x)`)."""
+
+
+def require_text(text: TextInputs | None, network: str) -> TextInputs:
+    """`text`, or a TextRequiredError: a VL network never silently runs as the plain image U-Net."""
+    if text is None:
+        raise TextRequiredError(
+            f"{network} was called without text. A VL model predicts with nnunet_vl's predictor, which passes each "
+            f"case's report: `nnUNetv2_predict_vl` (same flags as nnUNetv2_predict) or nnUNetPredictorVL in Python. "
+            f"Image-only use of a VL model only when asked for: `nnUNetv2_predict_vl --text-mode none`")
+    return text

@@ -34,7 +34,7 @@ from nnunet_vl.networks.pooling import upsample
 from nnunet_vl.networks.recompute import run_block
 from nnunet_vl.networks.target_enhancement import TargetEnhancement
 from nnunet_vl.networks.text_branch import masked_mean
-from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.text_inputs import TextInputs, require_text
 from nnunet_vl.networks.unet_stages import encoder_stage_channels, run_encoder
 
 _KEY_MODULUS = 2**31 - 1
@@ -135,15 +135,9 @@ class TMCAUNet(nn.Module):
         Returns what image_unet(x) returns (a tensor, or a list with deep supervision), followed by
         `aux` (dict, see class docstring) if return_aux, then the attention map (B, 1, *spatial) in
         [0, 1] (mean over enhance stages, upsampled to the input size) if return_attention.
-        With text=None this is the plain image U-Net: aux is {} and the attention is 0.5 everywhere
-        (the value that leaves features unchanged).
+        text=None raises TextRequiredError (`--text-mode none` passes an empty report instead).
         """
-        if text is None:
-            seg = self.image_unet(x)
-            aux: dict[str, torch.Tensor] = {}
-            stage_attention: list[torch.Tensor] = []
-        else:
-            seg, aux, stage_attention = self._forward_with_report(x, text)
+        seg, aux, stage_attention = self._forward_with_report(x, require_text(text, type(self).__name__))
         outputs = [seg]
         if return_aux:
             outputs.append(aux)

@@ -1,6 +1,9 @@
 """Build a VL network from the plans alone (training and prediction call the same function)."""
 from __future__ import annotations
 
+import sys
+
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -11,6 +14,38 @@ from nnunet_vl.text.encoders import build_encoder_from_config
 
 class PlannedWithoutTextError(RuntimeError):
     pass
+
+
+class StockPredictorError(RuntimeError):
+    """nnU-Net's own predictor (nnUNetv2_predict, nnUNetv2_predict_from_modelfolder) was asked to run a VL model."""
+
+
+def refuse_stock_predictor() -> None:
+    """Raise StockPredictorError when nnU-Net's own predictor is building the network.
+
+    nnUNetPredictor.initialize_from_trained_model_folder builds the network through the trainer's static
+    build_network_architecture and later calls `network(x)` without text; it tells the builder nothing about
+    itself, so the call stack is the only place to see it. A predictor that passes text (nnUNetPredictorVL) says so
+    with `passes_text_to_network = True`.
+    """
+    stock = nnUNetPredictor.initialize_from_trained_model_folder.__code__
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not stock:
+        frame = frame.f_back
+    if frame is None or getattr(frame.f_locals.get("self"), "passes_text_to_network", False):
+        return
+    local = frame.f_locals
+    folds = " ".join(str(f) for f in (local.get("use_folds") or ["0", "1", "2", "3", "4"]))
+    trainer, configuration = local.get("trainer_name", "TRAINER"), local.get("configuration_name", "CONFIGURATION")
+    plans = local["plans_manager"].plans_name if "plans_manager" in local else "PLANS"
+    dataset = local["plans_manager"].dataset_name if "plans_manager" in local else "DATASET"
+    raise StockPredictorError(
+        f"{trainer} is a vision-language model: nnU-Net's own predictor would call it without the reports and "
+        f"silently predict as a plain U-Net. Predict with nnunet_vl's predictor, same flags:\n"
+        f"  nnUNetv2_predict_vl -i INPUT_FOLDER -o OUTPUT_FOLDER -d {dataset} -tr {trainer} -p {plans} "
+        f"-c {configuration} -f {folds}\n"
+        f"(reports from the dataset's text cache or --reports FILE; image-only only if you ask for it: --text-mode "
+        f"none). In Python use nnunet_vl.inference.predictor.nnUNetPredictorVL.")
 
 
 def text_plan(plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> dict:
@@ -39,6 +74,7 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
                      num_input_channels: int, num_output_channels: int,
                      enable_deep_supervision: bool = True) -> nn.Module:
     """nnU-Net's planned U-Net wrapped with the method's text branch (text encoder randomly initialised)."""
+    refuse_stock_predictor()
     text = text_plan(plans_manager, configuration_manager)
     image_unet = get_network_from_plans(configuration_manager.network_arch_class_name,
                                         configuration_manager.network_arch_init_kwargs,

@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, PreTrainedTokeniz
 from nnunet_vl.losses.bipvl import GlobalLocalContrastiveLoss
 from nnunet_vl.networks.bipvl_unet import BiPVLUNet
 from nnunet_vl.networks.text_branch import ProgressiveTextEncoder, masked_mean
-from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.text_inputs import TextInputs, TextRequiredError
 from nnunet_vl.networks.unet_stages import encoder_stage_channels
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -106,7 +106,6 @@ def test_forward_shapes_and_equals_image_unet_at_init(tiny_bert: Path, tokenizer
     with torch.no_grad():
         reference = model.image_unet(x)
         seg, aux = model(x, text, return_aux=True)
-        assert_same_output(model(x), reference)
     assert_same_output(seg, reference)
     full_resolution = seg[0] if deep_supervision else seg
     assert isinstance(seg, list) == deep_supervision and full_resolution.shape == (2, NUM_CLASSES, *x.shape[2:])
@@ -258,11 +257,10 @@ def test_training_steps_decrease_loss(tiny_bert: Path, tokenizer) -> None:
     assert any(torch.tanh(p).abs().max() > 1e-3 for n, p in model.named_parameters() if n.endswith("_gate"))
 
 
-def test_text_none_runs_plain_unet(tiny_bert: Path) -> None:
+def test_text_none_is_refused(tiny_bert: Path) -> None:
+    """nnU-Net's own predictor calls network(x): that must fail, not silently run the plain U-Net."""
     model = make_model(tiny_bert).eval()
-    open_gates(model)
     x = image(2)
-    with torch.no_grad():
-        assert torch.equal(model(x), model.image_unet(x))
-    with pytest.raises(ValueError):
-        model(x, None, return_aux=True)
+    for call in (lambda: model(x), lambda: model(x, None, return_aux=True)):
+        with pytest.raises(TextRequiredError, match="nnUNetv2_predict_vl.*--text-mode none"):
+            call()

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from nnunet_vl.losses.tmca import TargetInformedAlignmentLoss
 from nnunet_vl.networks.target_enhancement import TargetEnhancement
-from nnunet_vl.networks.text_inputs import TextInputs
+from nnunet_vl.networks.text_inputs import TextInputs, TextRequiredError
 from nnunet_vl.networks.tmca_unet import TMCAUNet, report_keys
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -130,17 +130,18 @@ def test_untrained_network_equals_image_unet(tiny_bert: Path, tokenizer, archite
     x = torch.randn(2, 1, *SPATIAL[dim])
     expected = model.image_unet(x)
     with_report = model(x, make_text(tokenizer, REPORTS))
-    without_text = model(x)
-    for e, r, n in zip(expected, with_report, without_text):
+    empty_report = model(x, make_text(tokenizer, ["", ""]))  # what --text-mode none passes
+    for e, r, n in zip(expected, with_report, empty_report):
         assert torch.equal(e, r) and torch.equal(e, n)
 
 
-def test_without_text_aux_is_empty_and_attention_neutral(tiny_bert: Path) -> None:
+def test_text_none_is_refused(tiny_bert: Path) -> None:
+    """nnU-Net's own predictor calls network(x): that must fail, not silently run the plain U-Net."""
     model = make_tmca(tiny_bert, "plain", 2)
     x = torch.randn(2, 1, *SPATIAL[2])
-    _, aux, attention = model(x, None, return_aux=True, return_attention=True)
-    assert aux == {}
-    assert attention.shape == (2, 1, *SPATIAL[2]) and torch.all(attention == 0.5)
+    for call in (lambda: model(x), lambda: model(x, None, return_aux=True, return_attention=True)):
+        with pytest.raises(TextRequiredError, match="nnUNetv2_predict_vl.*--text-mode none"):
+            call()
 
 
 @pytest.mark.parametrize("architecture, dim", [("plain", 2), ("resenc", 3)])
@@ -186,10 +187,10 @@ def test_report_changes_output_once_gates_open(tiny_bert: Path, tokenizer) -> No
     x = torch.randn(1, 1, *SPATIAL[2]).expand(2, -1, -1, -1)
     with torch.no_grad():
         seg, attention = model(x, make_text(tokenizer, REPORTS), return_attention=True)
-        no_text = model(x)
+        image_only = model.image_unet(x)
     assert not torch.allclose(seg[0], seg[1], atol=1e-4)
     assert not torch.allclose(attention[0], attention[1], atol=1e-4)
-    assert not torch.allclose(seg, no_text, atol=1e-4)
+    assert not torch.allclose(seg, image_only, atol=1e-4)
 
 
 def test_report_encoded_once_per_text_while_reusing(tiny_bert: Path, tokenizer) -> None:
