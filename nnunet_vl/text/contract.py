@@ -133,17 +133,19 @@ def _report_bad_bytes(path: Path, reports: dict[str, object], lines: dict[str, i
             reports.pop(case, None)  # reported here once, not again as undecodable characters
 
 
-def read_reports_file(path: Path, problems: list[TextProblem]) -> dict[str, object]:
+def read_reports_file(path: Path, problems: list[TextProblem], lines: dict[str, int] | None = None
+                      ) -> dict[str, object]:
     """Reports from a .json object or a .csv/.tsv table with columns case_id,report.
 
-    A bad byte is reported with its line (and case) and the rest of the file is still read.
+    A bad byte is reported with its line (and case) and the rest of the file is still read. lines, if given,
+    receives the line number of each case's row in a table.
     """
     if not path.is_file():
         problems.append(TextProblem(str(path), "reports file does not exist",
                                     "fix the 'reports' path in dataset.json (relative to the dataset folder)"))
         return {}
     text, bad = _decode(path.read_bytes(), str(path), problems, report_lines=False)
-    lines: dict[str, int] = {}
+    lines = {} if lines is None else lines
     if path.suffix.lower() in (".csv", ".tsv"):
         reports = _read_reports_table(path, text, problems, lines)
         _report_bad_bytes(path, reports, lines, bad, problems)
@@ -165,7 +167,8 @@ def read_reports_file(path: Path, problems: list[TextProblem]) -> dict[str, obje
     return reports
 
 
-def _collect_reports(folder: Path, dataset_json: dict, problems: list[TextProblem]) -> tuple[dict[str, object], str]:
+def _collect_reports(folder: Path, dataset_json: dict, problems: list[TextProblem],
+                     lines: dict[str, int]) -> tuple[dict[str, object], str]:
     spec = dataset_json.get("reports")
     where = str(folder / "dataset.json")
     reports: dict[str, object] = {}
@@ -173,7 +176,7 @@ def _collect_reports(folder: Path, dataset_json: dict, problems: list[TextProble
         reports.update(spec)
     elif isinstance(spec, str):
         where = str(folder / spec)
-        reports.update(read_reports_file(folder / spec, problems))
+        reports.update(read_reports_file(folder / spec, problems, lines))
     elif spec is not None:
         problems.append(TextProblem(where, "'reports' must be an object or a file path",
                                     "use {\"case\": \"text\"} or \"reports.json\""))
@@ -183,23 +186,37 @@ def _collect_reports(folder: Path, dataset_json: dict, problems: list[TextProble
     return reports, where
 
 
-def _clean_reports(raw: dict[str, object], where: str, problems: list[TextProblem]) -> dict[str, str]:
+def _clean_reports(raw: dict[str, object], where: str, problems: list[TextProblem],
+                   lines: dict[str, int] | None = None) -> dict[str, str]:
     reports = {}
+    lines = lines or {}
     for case, text in raw.items():
+        at = f"line {lines[case]}: " if case in lines else ""
         if isinstance(text, bytes):
             text, bad = _decode(text, f"{where} (case '{case}')", problems)
             if bad:
                 continue
         if not isinstance(text, str) or not text.strip():
-            problems.append(TextProblem(where, f"report of case '{case}' is empty",
+            problems.append(TextProblem(where, f"{at}report of case '{case}' is empty",
                                         "write the report, or remove the case's entry and plan with "
                                         "--allow-missing-reports"))
             continue
         if "\ufffd" in text:
-            problems.append(TextProblem(where, f"report of case '{case}' contains undecodable characters (U+FFFD)",
+            problems.append(TextProblem(where, f"{at}report of case '{case}' contains undecodable characters (U+FFFD)",
                                         "re-export the reports as UTF-8"))
             continue
         reports[str(case)] = " ".join(text.split())
+    return reports
+
+
+def load_reports_file(path: str | os.PathLike) -> dict[str, str]:
+    """Reports from a .json/.csv/.tsv file given on its own (e.g. `--reports`); raises TextContractError with
+    every problem (not UTF-8, duplicates, empty), each naming the file and the line or case."""
+    problems: list[TextProblem] = []
+    lines: dict[str, int] = {}
+    reports = _clean_reports(read_reports_file(Path(path), problems, lines), str(path), problems, lines)
+    if problems:
+        raise TextContractError(problems)
     return reports
 
 
@@ -289,13 +306,15 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
     if dataset_json is None:
         dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     problems: list[TextProblem] = []
-    raw_reports, where = _collect_reports(folder, dataset_json, problems)
+    lines: dict[str, int] = {}
+    raw_reports, where = _collect_reports(folder, dataset_json, problems, lines)
     unreadable = not raw_reports and any(p.severity == "error" for p in problems)  # one error says it all
-    reports = _clean_reports(raw_reports, where, problems)
+    reports = _clean_reports(raw_reports, where, problems, lines)
     train, test = dataset_case_ids(folder, dataset_json)
     known = set(train) | set(test)
     for case in sorted(set(reports) - known):
-        problems.append(TextProblem(where, f"report for unknown case '{case}' (no such image in imagesTr/imagesTs)",
+        at = f"line {lines[case]}: " if case in lines else ""
+        problems.append(TextProblem(where, f"{at}report for unknown case '{case}' (no such image in imagesTr/imagesTs)",
                                     "fix the case id or remove the report"))
         del reports[case]
     if dataset_json.get("reports") is None and not raw_reports:

@@ -148,8 +148,8 @@ def test_bad_byte_is_located_and_the_rest_still_read(raw_dataset):
     text = load_dataset_text(folder)
     csv_errors = [p.message for p in text.errors if p.file.endswith("reports.csv")]
     assert csv_errors == ["line 3, case 'case_b': not UTF-8 text (byte 0xE9 at column 9)",
-                          "report of case 'case_c' is empty",
-                          "report for unknown case 'ghost' (no such image in imagesTr/imagesTs)"]
+                          "line 4: report of case 'case_c' is empty",
+                          "line 5: report for unknown case 'ghost' (no such image in imagesTr/imagesTs)"]
     assert text.reports == {"case_a": "Lesion left.", "test_x": "Mass."}  # nothing good is lost
     liver = [p for p in text.problems if "'liver'" in p.message]  # the invalid entry, not also "has no label text"
     assert len(liver) == 2 and all(p.severity == "error" for p in liver)
@@ -164,3 +164,16 @@ def test_bad_byte_in_a_json_reports_file_names_the_case(raw_dataset):
     text = load_dataset_text(folder)
     assert [p.message for p in text.errors] == ["line 3, case 'case_b': not UTF-8 text (byte 0xE9 at column 13)"]
     assert set(text.reports) == {"case_a", "case_c", "test_x"}
+
+
+def test_reports_file_on_its_own_lists_every_problem(tmp_path):
+    from nnunet_vl.text.contract import load_reports_file
+
+    path = tmp_path / "extra.csv"
+    path.write_bytes("case_id,report\na,fine\nb,\nc,l\xe9sion\n".encode("latin-1"))
+    with pytest.raises(TextContractError) as e:
+        load_reports_file(path)
+    assert [p.message for p in e.value.problems] == ["line 4, case 'c': not UTF-8 text (byte 0xE9 at column 4)",
+                                                     "line 3: report of case 'b' is empty"]
+    path.write_text("case_id,report\na,Left   lobe.\n", encoding="utf-8")
+    assert load_reports_file(path) == {"a": "Left lobe."}
