@@ -25,7 +25,7 @@ def demo_environment(workdir: Path) -> dict[str, str]:
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     env["nnUNet_extTrainer"] = str(trainer_dir())
     env.setdefault("HF_HUB_OFFLINE", "1")
-    # small jobs: process pools cost more than they save (see docs/nnunet-extension-map.md)
+    # small jobs: starting process pools takes longer than the work they would share
     env.setdefault("nnUNet_def_n_proc", "1")
     env.setdefault("nnUNet_n_proc_DA", "2")
     return env

@@ -87,8 +87,7 @@ def encoder_config(path: str | os.PathLike) -> dict:
 def build_encoder_from_config(config: dict):
     """A randomly initialised encoder of the planned architecture (weights come from a checkpoint).
 
-    Dropout is switched off: nnU-Net trains its networks without dropout, and on a CPU the dropout
-    masks of the text layers cost about a tenth of a training step.
+    Dropout is switched off, as nnU-Net trains its networks without dropout.
     """
     from transformers import AutoConfig, AutoModel
 
