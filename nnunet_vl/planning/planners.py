@@ -108,6 +108,45 @@ def token_pools(grids: list[np.ndarray], strides: list[list[int]], stages: list[
     return pools
 
 
+# bytes per text-encoder parameter: fp32 weights; a trained one adds its fp32 gradient and AdamW's two moments;
+# one that feeds a matmul adds the fp16 copy autocast makes of it for the step (embedding tables are looked up)
+_ENCODER_WEIGHT_BYTES = 4
+_ENCODER_TRAINED_EXTRA_BYTES = 4 + 8
+_ENCODER_AUTOCAST_COPY_BYTES = 2
+# above this share of the text budget the encoder's fixed cost is reported as a warning
+_ENCODER_WARN_FRACTION = 0.5
+
+
+def encoder_parameter_counts(encoder_config: dict) -> dict[str, int]:
+    """Parameters of the planned encoder as the VL networks hold it (pooler removed): total and word embeddings.
+
+    Counted on PyTorch's meta device, so any Hugging Face architecture is counted exactly without allocating it.
+    """
+    import torch
+
+    from nnunet_vl.text.encoders import build_encoder_from_config
+
+    with torch.device("meta"):
+        encoder = build_encoder_from_config(encoder_config)
+    pooler = getattr(encoder, "pooler", None)
+    total = sum(p.numel() for p in encoder.parameters()) - (sum(p.numel() for p in pooler.parameters()) if pooler else 0)
+    embeddings = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Embedding))
+    return {"total": int(total), "word_embeddings": int(encoder.get_input_embeddings().weight.numel()),
+            "embedding_tables": int(embeddings)}
+
+
+def encoder_vram_mb(counts: dict[str, int], lr_factor: float, train_word_embeddings: bool) -> float:
+    """Fixed training memory of the text encoder (MB): weights, autocast copies, and for a fine-tuned encoder
+    (lr_factor > 0) gradients and AdamW state of what it trains (the word embeddings only if the plans say so)."""
+    trained = 0
+    if lr_factor > 0:
+        trained = counts["total"] - (0 if train_word_embeddings else counts["word_embeddings"])
+    matmul_weights = counts["total"] - counts["embedding_tables"]
+    total = (counts["total"] * _ENCODER_WEIGHT_BYTES + matmul_weights * _ENCODER_AUTOCAST_COPY_BYTES
+             + trained * _ENCODER_TRAINED_EXTRA_BYTES)
+    return total / 1024 ** 2
+
+
 class VLPlannerMixin:
     """Adds the text section to every configuration the parent planner writes; the image part is the parent's."""
 
@@ -180,6 +219,32 @@ class VLPlannerMixin:
                       f"{budget / 1024 ** 2:.0f} MB text budget")
         return stages, [pools[k] for k in stages], estimate, round(held_mb, 2), reason
 
+    def encoder_cost(self, lr_factors: dict[str, float]) -> tuple[dict[str, float], int, str | None]:
+        """Fixed training memory of the text encoder per method (MB), its parameter count, and a warning when it
+        takes most of the text budget.
+
+        The fusion budget (`_fusion_stages`) does not include it: the encoder is the same whichever stages are
+        fused, so dropping stages for it would only lose fusion; it is recorded and reported instead.
+        """
+        preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
+        if "encoder_counts" not in self.text_spec:  # once per planner: every configuration has the same encoder
+            self.text_spec["encoder_counts"] = encoder_parameter_counts(cfg)
+        counts = self.text_spec["encoder_counts"]
+        train_embeddings = bool(preset.get("train_word_embeddings", False))
+        cost = {m: round(encoder_vram_mb(counts, f, train_embeddings), 1) for m, f in lr_factors.items()}
+        budget_mb = preset["text_vram_fraction"] * self.UNet_vram_target_GB * 1024
+        worst = max(cost, key=cost.get)
+        warning = None
+        if cost[worst] > _ENCODER_WARN_FRACTION * budget_mb:
+            warning = (f"the text encoder '{self.text_spec['encoder']}' ({counts['total'] / 1e6:.0f}M parameters) "
+                       f"needs {cost[worst]:.0f} MB to train with {worst} (weights"
+                       f"{', gradients and AdamW state' if lr_factors[worst] > 0 else ''}), "
+                       f"{cost[worst] / budget_mb:.0%} of the {budget_mb:.0f} MB text budget "
+                       f"({preset['text_vram_fraction']:.0%} of {self.UNet_vram_target_GB} GB); it comes on top of "
+                       f"the image network and the fusion stages planned here. A GPU with less headroom needs a "
+                       f"smaller encoder, a frozen one (text_lr_factor 0 in the preset) or a larger -gpu_memory_target")
+        return cost, counts["total"], warning
+
     def text_section(self, conf: dict, configuration_name: str, transpose_forward: list[int]) -> dict:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
         max_report, max_label, max_concept = self._token_limits()
@@ -199,6 +264,13 @@ class VLPlannerMixin:
         tmca["enhance_pool"] = token_pools(grids, arch["strides"], enhance, tmca.pop("enhance_max_voxels", None))
         tmca.update(align_stages=align, enhance_stages=enhance,
                     level_weights=[1.0 / len(align)] * len(align) if weights == "equal" else list(weights))
+        encoder_mb, encoder_parameters, encoder_warning = self.encoder_cost(
+            {"bipvl": float(preset["text_lr_factor"]),
+             "tmca": float(tmca.get("text_lr_factor", preset["text_lr_factor"]))})
+        print(f"{configuration_name}: text encoder {encoder_parameters / 1e6:.1f}M parameters, fixed training memory "
+              + ", ".join(f"{m} {v:.0f} MB" for m, v in encoder_mb.items()) + "; fusion " + reason)
+        if encoder_warning:
+            print(f"WARNING ({configuration_name}): {encoder_warning}")
         return {
             "preset": preset["name"],
             "encoder": self.text_spec["encoder"],
@@ -218,6 +290,9 @@ class VLPlannerMixin:
             "fusion_vram_held_mb": held_mb,
             "recompute_stages": recompute_stages(preset, n_stages),
             "fusion_reason": reason,
+            "text_encoder_parameters": encoder_parameters,
+            "text_encoder_vram_mb": encoder_mb,
+            "text_encoder_vram_warning": encoder_warning,
             "train_word_embeddings": bool(preset.get("train_word_embeddings", False)),
             "text_lr_factor": preset["text_lr_factor"],
             "contrastive": dict(preset["contrastive"]),
