@@ -1,23 +1,20 @@
-"""nnUNetPredictorVL: nnU-Net's predictor with the case's text passed to every sliding-window tile."""
+"""nnUNetPredictorVL: nnU-Net's predictor for trained VL models, the case's text passed to every sliding-window tile."""
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
 from os.path import basename, dirname, join
 from pathlib import Path
 
 import numpy as np
 import torch
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch import nn
 
-from nnunet_vl.text.directions import ANATOMICAL_AXES
-from nnunet_vl.text.provider import TEXT_MODES, TextProvider, tokenizer_from_files
+from nnunet_vl.text.provider import TextProvider, tokenizer_from_files
 from nnunet_vl.text.tokens import TextTokenizer
 from nnunet_vl.training.network_builder import text_plan
-from nnunet_vl.training.vl_trainer import TextBoundNetwork, unwrap
+from nnunet_vl.training.text_predictor import TextPredictor, unwrap
 
 
 class AttentionAsLogits(nn.Module):
@@ -37,24 +34,15 @@ class AttentionAsLogits(nn.Module):
         return torch.cat([*first, rest], 1)
 
 
-class nnUNetPredictorVL(nnUNetPredictor):
-    """Predicts with text. Per case: the report is tokenized once, bound to the network for all tiles, and
-    test-time mirroring leaves out every axis whose directions the report names (a mirrored image would
-    contradict "left", "upper", ...).
+class nnUNetPredictorVL(TextPredictor):
+    """Predicts trained VL models with text: TextPredictor (per-case text on every tile, mirror axes the report
+    allows), plus trained model folders, the reports of the cases to predict and TMCA's attention maps.
     """
 
-    passes_text_to_network = True  # the network builder refuses nnU-Net's own predictor (refuse_stock_predictor)
-
     def __init__(self, *args, text_mode: str = "report", save_attention: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        if text_mode not in TEXT_MODES:
-            raise ValueError(f"unknown text mode '{text_mode}': use one of {TEXT_MODES}")
-        self.text_mode = text_mode
+        super().__init__(*args, text_mode=text_mode, **kwargs)
         self.save_attention = save_attention
         self._case_item: dict | None = None
-        self.text_provider: TextProvider | None = None
-        self._case_text = None
-        self._all_mirror_axes = None
 
     # ----- set-up -------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name:
@@ -69,10 +57,6 @@ class nnUNetPredictorVL(nnUNetPredictor):
             raise ValueError(f"--save-attention needs a model with attention maps (nnUNetTrainerTMCA*); "
                              f"{self.trainer_name} has none")
         self.set_reports(self._default_reports(), "the dataset's text cache")
-
-    def manual_initialization(self, *args, **kwargs):
-        super().manual_initialization(*args, **kwargs)
-        self._all_mirror_axes = self.allowed_mirroring_axes
 
     def _default_reports(self) -> dict[str, str]:
         from nnunetv2.paths import nnUNet_preprocessed
@@ -93,32 +77,11 @@ class nnUNetPredictorVL(nnUNetPredictor):
         self.text_provider = TextProvider(tokenizer, assets.label_texts, reports, plan["direction_axes"],
                                           source=source)
 
-    def set_text_provider(self, provider: TextProvider) -> None:
-        self.text_provider = provider
-
     # ----- per case -----------------------------------------------------------------------------
-    def select_case(self, case: str) -> None:
-        """Bind the case's text and choose its test-time mirror axes."""
-        self._case_text = self.text_provider.inputs([case], mode=self.text_mode).to(self.device)
-        named = self.text_provider.anatomical_axes_named(case, self.text_mode)
-        axes_map = self.text_provider.direction_axes
-        excluded = {axes_map[a] for a in ANATOMICAL_AXES if a in named and axes_map.get(a) is not None}
-        kept = tuple(a for a in (self._all_mirror_axes or ()) if a not in excluded)
-        self.allowed_mirroring_axes = kept or None
-
     def _with_case_text(self, data_iterator: Iterable[dict]) -> Iterator[dict]:
-        for item in data_iterator:
-            if item.get("ofile") is None:
-                raise ValueError("nnUNetPredictorVL needs an output file name per case: its base name is the "
-                                 "case id that selects the report")
-            self.select_case(basename(item["ofile"]))
+        for item in super()._with_case_text(data_iterator):
             self._case_item = item
             yield item
-
-    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
-                                   num_processes_segmentation_export: int = 3):
-        return super().predict_from_data_iterator(self._with_case_text(data_iterator), save_probabilities,
-                                                  num_processes_segmentation_export)
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         logits = super().predict_logits_from_preprocessed_data(data)
@@ -146,30 +109,8 @@ class nnUNetPredictorVL(nnUNetPredictor):
         self.plans_manager.image_reader_writer_class().write_seg(
             np.round(attention * 255).astype(np.uint8), str(out), item["data_properties"])
 
-    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
-        """nnU-Net's sliding window; a network that can reuse the case's text encoding over tiles does so."""
-        reuse = getattr(unwrap(self._vl_network()), "reusing_report_encoding", None)
-        with reuse() if reuse is not None else nullcontext():
-            return super().predict_sliding_window_return_logits(input_image)
-
     def _vl_network(self) -> nn.Module:
         network = self.network
         while isinstance(network, AttentionAsLogits):
             network = network.network
         return network
-
-    @contextmanager
-    def _network_with_case_text(self):
-        network = self.network
-        self.network = TextBoundNetwork(network, self._case_text)
-        try:
-            yield
-        finally:
-            self.network = network
-
-    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        if self._case_text is None:
-            raise RuntimeError("no case selected: call select_case(case_id) before predicting")
-        with self._network_with_case_text():
-            return super()._internal_maybe_mirror_and_predict(x)
-

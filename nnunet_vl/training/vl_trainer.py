@@ -23,30 +23,10 @@ from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, res
 from nnunet_vl.text.provider import TextProvider, tokenizer_files
 from nnunet_vl.text.tokens import TextTokenizer
 from nnunet_vl.training.progress import add_text_terms_to_logger
+from nnunet_vl.training.text_predictor import TextBoundNetwork, TextPredictor, unwrap
 from nnunet_vl.training.network_builder import text_lr_factor, text_plan
 
 MAX_ROTATION_DEGREES = 15.0  # larger rotations turn "upper left" into another place; 2D nnU-Net rotates up to 180
-
-
-class TextBoundNetwork(nn.Module):
-    """Calls the VL network with a fixed text; keeps the auxiliary outputs of the last call for the text loss."""
-
-    def __init__(self, network: nn.Module, text: TextInputs, keep_aux: bool = False):
-        super().__init__()
-        self.network, self.text, self.keep_aux = network, text, keep_aux
-        self.aux: dict[str, torch.Tensor] | None = None
-
-    def forward(self, x: torch.Tensor):
-        text = self.text if self.text.batch_size == x.shape[0] else _repeat(self.text, x.shape[0])
-        if not self.keep_aux:
-            return self.network(x, text)
-        output, self.aux = self.network(x, text, return_aux=True)
-        return output
-
-
-def _repeat(text: TextInputs, batch_size: int) -> TextInputs:
-    return TextInputs(text.report_ids.expand(batch_size, -1), text.report_mask.expand(batch_size, -1),
-                      text.class_ids, text.class_mask, text.concept_ids, text.concept_mask, text.concept_present)
 
 
 class GroupPolyLRScheduler(PolyLRScheduler):
@@ -57,12 +37,6 @@ class GroupPolyLRScheduler(PolyLRScheduler):
         for group in self.optimizer.param_groups:
             group["lr"] *= group.get("lr_factor", 1.0)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-
-def unwrap(network: nn.Module) -> nn.Module:
-    """The VL network inside DDP and torch.compile wrappers."""
-    network = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    return getattr(network, "_orig_mod", network)
 
 
 class nnUNetTrainerVL(nnUNetTrainer):
@@ -211,17 +185,15 @@ class nnUNetTrainerVL(nnUNetTrainer):
 
     # ----- validation and checkpoints ---------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        """nnU-Net's final validation with nnUNetPredictorVL (the stock one cannot pass text to the network)."""
+        """nnU-Net's final validation with TextPredictor (the stock one cannot pass text to the network)."""
         from nnunetv2.configuration import default_num_processes
         from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 
-        from nnunet_vl.inference.predictor import nnUNetPredictorVL
-
         self.set_deep_supervision_enabled(False)
         self.network.eval()
-        predictor = nnUNetPredictorVL(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                      perform_everything_on_device=True, device=self.device, verbose=False,
-                                      verbose_preprocessing=False, allow_tqdm=False, text_mode=self.text_mode)
+        predictor = TextPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                  perform_everything_on_device=True, device=self.device, verbose=False,
+                                  verbose_preprocessing=False, allow_tqdm=False, text_mode=self.text_mode)
         network = unwrap(self.network)
         predictor.manual_initialization(network, self.plans_manager, self.configuration_manager,
                                         [network.state_dict()], self.dataset_json, self.__class__.__name__,
