@@ -89,7 +89,7 @@ def measure(spec: dict) -> dict:
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
 
-    from nnunet_vl.training.vl_trainer import unwrap
+    from nnunet_vl.training.text_predictor import unwrap
 
     hf_logging.set_verbosity_error()
     device, model = spec["device"], spec["model"]

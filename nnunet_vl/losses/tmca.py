@@ -124,7 +124,10 @@ class TargetInformedAlignmentLoss(nn.Module):
         per_sample = -torch.log_softmax(torch.cat(logits, dim=1), dim=1)[:, 0]
 
         if self.training and torch.is_grad_enabled():
-            self._enqueue(level, targets[has_foreground].detach(), keys[has_foreground])
+            # a non-finite embedding (an fp16 overflow in the network, a step the GradScaler then skips) would
+            # stay in the queue and make every later loss NaN: only finite ones are kept
+            kept = has_foreground & torch.isfinite(targets).all(dim=1)
+            self._enqueue(level, targets[kept].detach(), keys[kept])
         anchors = has_foreground.float()
         return (per_sample * anchors).sum() / anchors.sum().clamp_min(1.0)
 

@@ -129,8 +129,9 @@ class BiPVLUNet(nn.Module):
             concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk),
                                                text.concept_mask.reshape(c * k, lk))
         aux = {
-            "text_class": F.normalize(self.text_projection(class_text), dim=-1),
-            "concept_text": F.normalize(self.text_projection(concepts), dim=-1).reshape(c, k, -1),
+            # normalised in fp32: under fp16 autocast the projection is fp16, and F.normalize's eps underflows there
+            "text_class": F.normalize(self.text_projection(class_text).float(), dim=-1),
+            "concept_text": F.normalize(self.text_projection(concepts).float(), dim=-1).reshape(c, k, -1),
             "concept_present": text.concept_present.bool(),
         }
         if self.log_vars is not None:

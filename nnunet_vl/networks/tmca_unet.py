@@ -184,7 +184,7 @@ class TMCAUNet(nn.Module):
         seg = self.image_unet.decoder(run_encoder(self.image_unet, x, after_stage))
         report_embedding = masked_mean(tokens, text.report_mask)
         for level, (text_head, image_head) in enumerate(zip(self.text_heads, self.image_heads)):
-            aux[f"text_l{level}"] = F.normalize(text_head(report_embedding), dim=-1)
+            aux[f"text_l{level}"] = F.normalize(text_head(report_embedding).float(), dim=-1)  # fp32 under autocast
             aux[f"image_head_l{level}"] = image_head.weight
         aux["report_key"] = report_keys(text.report_ids, text.report_mask)
         return seg, aux, stage_attention

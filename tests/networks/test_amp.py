@@ -214,3 +214,22 @@ def test_gradients_finite_under_fp16_autocast(method, tiny_bert, tokenizer) -> N
     assert not bad, bad[:5]
     gates = [n for n in grads if n.endswith("_gate")]
     assert gates and all(grads[n].abs().sum() > 0 for n in gates)
+
+
+def test_tmca_queue_keeps_only_finite_embeddings() -> None:
+    """A sample whose fp16 features overflowed (a step the GradScaler skips) must not poison later losses."""
+    loss = TargetInformedAlignmentLoss([1.0], queue_size=8).train()
+    target = make_target(2, (8, 8, 8))
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 4, 8, 8, 8, generator=generator).half()
+    features[1, :, 0, 0, 0] = float("inf")
+    aux = {"features_l0": features, "image_head_l0": torch.randn(8, 4, generator=generator, requires_grad=True),
+           "text_l0": F.normalize(torch.randn(2, 8, generator=generator), dim=-1), "report_key": torch.tensor([1, 2])}
+    with fp16_autocast():
+        loss(aux, target)
+    assert loss.queue_l0.shape == (1, 8) and torch.isfinite(loss.queue_l0).all()
+    assert loss.queue_keys_l0.tolist() == [1]
+    clean = {**aux, "features_l0": torch.randn(2, 4, 8, 8, 8, generator=generator).half(),
+             "report_key": torch.tensor([3, 4])}
+    with fp16_autocast():
+        assert torch.isfinite(loss(clean, target)["total"])  # the queued negative is finite
