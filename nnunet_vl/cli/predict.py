@@ -12,7 +12,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Predict with a nnunet_vl model (same flags as nnUNetv2_predict). The "
                                             "report of each case is looked up by case id in --reports, else in the "
                                             "dataset's text cache in nnUNet_preprocessed.")
-    p.add_argument("-i", required=True, help="input folder (files named CASE_0000<ending> as for nnUNetv2_predict)")
+    p.add_argument("-i", required=True, help="input folder (files named CASE_0000<ending> as for nnUNetv2_predict), "
+                                             "or one image file of a single-channel model")
     p.add_argument("-o", required=True, help="output folder")
     p.add_argument("-d", required=True, help="dataset name or id")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
@@ -32,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true")
-    p.add_argument("--reports", default=None,
-                   help="reports of the cases to predict: .json object or .csv/.tsv with case_id,report")
+    reports = p.add_mutually_exclusive_group()
+    reports.add_argument("--reports", default=None,
+                         help="reports of the cases to predict: .json object or .csv/.tsv with case_id,report")
+    reports.add_argument("--report", default=None,
+                         help="the report, as text, of the one image to predict (-i: an image file, or a folder "
+                              "holding one case)")
     p.add_argument("--text-mode", default="report", choices=["report", "none", "shuffled"],
                    help="report: each case's own report; none: empty text; shuffled: another case's report")
     p.add_argument("--save-attention", action="store_true",
@@ -42,16 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_reports_argument(path: str) -> dict[str, str]:
-    """Reports from --reports; every problem (duplicates, empty, not UTF-8) is an error naming the file."""
-    from nnunet_vl.text.contract import TextContractError, TextProblem, _clean_reports, read_reports_file
+def input_and_output_lists(source: str, output_folder: str, predictor) -> tuple[list[list[str]], list[str]]:
+    """nnU-Net's per-case input file lists and truncated output names for -i (a folder, or one image file)."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
-    problems: list[TextProblem] = []
-    raw = read_reports_file(Path(path), problems)
-    reports = _clean_reports(raw, path, problems)
-    if problems:
-        raise TextContractError(problems)
-    return reports
+    ending = predictor.dataset_json["file_ending"]
+    if Path(source).is_file():
+        channels = len(predictor.dataset_json.get("channel_names", predictor.dataset_json.get("modality", {})))
+        if channels != 1:
+            raise ValueError(f"-i {source} is one file, the model takes {channels} channels: put the case's files "
+                             f"(CASE_0000{ending}, CASE_0001{ending}, ...) into a folder and pass that")
+        if not source.endswith(ending):
+            raise ValueError(f"-i {source} does not end with the dataset's file ending {ending}")
+        case = Path(source).name[: -len(ending)]
+        case = case[:-5] if case.endswith("_0000") else case
+        return [[source]], [str(Path(output_folder) / case)]
+    inputs = create_lists_from_splitted_dataset_folder(source, ending)
+    cases = [Path(files[0]).name[: -(len(ending) + 5)] for files in inputs]
+    return inputs, [str(Path(output_folder) / case) for case in cases]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,12 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         from nnunetv2.utilities.file_path_utilities import get_output_folder
 
         from nnunet_vl.inference.predictor import nnUNetPredictorVL
+        from nnunet_vl.text.contract import load_reports_file
 
         if args.npp < 1 or args.nps < 1:
             raise ValueError("-npp and -nps must be at least 1 (the sequential mode is not supported with text)")
         if args.part_id >= args.num_parts:
             raise ValueError("-part_id must be smaller than -num_parts")
-        reports = load_reports_argument(args.reports) if args.reports else None
+        if args.report is not None and not args.report.strip():
+            raise ValueError("--report is empty: write the report, or predict image-only with --text-mode none")
+        reports = load_reports_file(args.reports) if args.reports else None  # its problems before the model loads
         if args.device == "cpu":
             import multiprocessing
 
@@ -82,17 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         folds = [f if f == "all" else int(f) for f in args.f]
         predictor.initialize_from_trained_model_folder(get_output_folder(args.d, args.tr, args.p, args.c), folds,
                                                        checkpoint_name=args.chk)
-        if reports is not None:
-            predictor.set_reports(reports, args.reports)
-        from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
-
-        cases = get_identifiers_from_splitted_dataset_folder(args.i, predictor.dataset_json["file_ending"])
-        predictor.text_provider.check_reports(list(cases), predictor.text_mode)
+        inputs, outputs = input_and_output_lists(args.i, args.o, predictor)
+        if args.report is not None:
+            if len(inputs) != 1:
+                raise ValueError(f"--report gives the report of one image, but {args.i} holds {len(inputs)} cases: "
+                                 f"pass --reports FILE with one report per case")
+            reports = {Path(outputs[0]).name: " ".join(args.report.split())}
         Path(args.o).mkdir(parents=True, exist_ok=True)
-        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+        predictor.predict_from_files(inputs, outputs, save_probabilities=args.save_probabilities,
                                      overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
                                      num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
-                                     part_id=args.part_id)
+                                     part_id=args.part_id, reports=reports)
 
     return run_with_clear_errors(run)
 

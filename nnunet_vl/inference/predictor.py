@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from os.path import basename, dirname, join
 from pathlib import Path
 
 import numpy as np
 import torch
+from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from torch import nn
 
-from nnunet_vl.text.provider import TextProvider, tokenizer_from_files
+from nnunet_vl.text.contract import load_reports_file
+from nnunet_vl.text.provider import MissingReportError, TextProvider, tokenizer_from_files
 from nnunet_vl.text.tokens import TextTokenizer
 from nnunet_vl.training.network_builder import text_plan
 from nnunet_vl.training.text_predictor import TextPredictor, unwrap
@@ -34,9 +38,18 @@ class AttentionAsLogits(nn.Module):
         return torch.cat([*first, rest], 1)
 
 
+Reports = Mapping[str, str] | str | os.PathLike  # case id -> text, or a .json/.csv/.tsv file of them
+
+SINGLE_CASE = "case"  # the case id a report given as text is filed under
+
+
 class nnUNetPredictorVL(TextPredictor):
     """Predicts trained VL models with text: TextPredictor (per-case text on every tile, mirror axes the report
     allows), plus trained model folders, the reports of the cases to predict and TMCA's attention maps.
+
+    nnU-Net's Python API with one more argument: `predict_from_files(..., reports=...)` and
+    `predict_single_npy_array(image, properties, ..., report="...")`. Without it the reports come from the
+    dataset's text cache (model folders) or the trainer (final validation).
     """
 
     def __init__(self, *args, text_mode: str = "report", save_attention: bool = False, **kwargs):
@@ -70,12 +83,86 @@ class nnUNetPredictorVL(TextPredictor):
 
     def set_reports(self, reports: dict[str, str], source: str) -> None:
         """Use these reports (case id -> text); tokenizer and class texts come from the checkpoint."""
-        assets = unwrap(self.network).text_assets
+        self.text_provider = self._provider_for(reports, source)
+
+    def _provider_for(self, reports: Mapping[str, str], source: str) -> TextProvider:
+        assets = unwrap(self._vl_network()).text_assets
         plan = text_plan(self.plans_manager, self.configuration_manager)
-        tokenizer = TextTokenizer(tokenizer_from_files(assets.tokenizer_files), plan["max_tokens"],
-                                  plan["max_label_tokens"], plan["max_concept_tokens"])
-        self.text_provider = TextProvider(tokenizer, assets.label_texts, reports, plan["direction_axes"],
-                                          source=source)
+        if self.text_provider is not None:
+            tokenizer = self.text_provider.tokenizer
+        else:
+            tokenizer = TextTokenizer(tokenizer_from_files(assets.tokenizer_files), plan["max_tokens"],
+                                      plan["max_label_tokens"], plan["max_concept_tokens"])
+        return TextProvider(tokenizer, assets.label_texts, dict(reports), plan["direction_axes"], source=source)
+
+    @contextmanager
+    def using_reports(self, reports: Reports):
+        """Within the block the cases' reports are `reports` (a dict or a .json/.csv/.tsv file) and only these."""
+        if isinstance(reports, (str, os.PathLike)):
+            source, reports = str(reports), load_reports_file(reports)
+        else:
+            source = "the reports passed in"
+        provider = self.text_provider
+        self.text_provider = self._provider_for(reports, source)
+        try:
+            yield
+        finally:
+            self.text_provider = provider
+
+    # ----- nnU-Net's Python API, with reports ---------------------------------------------------
+    def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = default_num_processes,
+                           num_processes_segmentation_export: int = default_num_processes,
+                           folder_with_segs_from_prev_stage: str | None = None, num_parts: int = 1,
+                           part_id: int = 0, reports: Reports | None = None):
+        """nnU-Net's predict_from_files; `reports` (case id -> text, or a file of them) replaces the reports the
+        predictor holds. Every case to predict must have a report unless text_mode is 'none'; this is checked
+        before any case is preprocessed. Output files are required: their names are the case ids."""
+        args = (list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+                overwrite, num_processes_preprocessing, num_processes_segmentation_export,
+                folder_with_segs_from_prev_stage, num_parts, part_id)
+        stock = super().predict_from_files
+        # nnU-Net saves its arguments by reading its own locals() for each name in signature(self.predict_from_files)
+        self.predict_from_files = stock
+        try:
+            with self.using_reports(reports) if reports is not None else nullcontext():
+                return stock(*args)
+        finally:
+            del self.predict_from_files
+
+    def _manage_input_and_output_lists(self, *args, **kwargs):
+        inputs, outputs, previous = super()._manage_input_and_output_lists(*args, **kwargs)
+        if inputs and outputs is None:
+            raise ValueError(f"{type(self).__name__}.predict_from_files needs output files (a folder or a list of "
+                             f"truncated file names): their base names are the case ids that select the reports")
+        self.text_provider.check_reports([basename(o) for o in outputs or []], self.text_mode)
+        return inputs, outputs, previous
+
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
+                                 segmentation_previous_stage: np.ndarray | None = None,
+                                 output_file_truncated: str | None = None,
+                                 save_or_return_probabilities: bool = False, report: str | None = None):
+        """nnU-Net's predict_single_npy_array (same arguments, same return values), predicted with `report`.
+
+        Without `report`: the report of the case named by output_file_truncated if the predictor holds one,
+        else the empty text, which only text_mode 'none' (image-only, asked for explicitly) accepts.
+        """
+        if self.save_attention:
+            raise ValueError("save_attention writes files next to predicted cases: use predict_from_files")
+        case = basename(output_file_truncated) if output_file_truncated is not None else None
+        if report is None and case in self.text_provider.reports:
+            self.select_case(case)
+            return super().predict_single_npy_array(input_image, image_properties, segmentation_previous_stage,
+                                                    output_file_truncated, save_or_return_probabilities)
+        if report is None and self.text_mode != "none":
+            raise MissingReportError(
+                f"no report for this image{f' (case {case!r})' if case else ''}: pass report='...', or create the "
+                f"predictor with text_mode='none' to predict image-only")
+        with self.using_reports({} if report is None else {SINGLE_CASE: report}):
+            self.select_case(SINGLE_CASE)
+            return super().predict_single_npy_array(input_image, image_properties, segmentation_previous_stage,
+                                                    output_file_truncated, save_or_return_probabilities)
 
     # ----- per case -----------------------------------------------------------------------------
     def _with_case_text(self, data_iterator: Iterable[dict]) -> Iterator[dict]:

@@ -72,9 +72,9 @@ def prediction_file(prediction: Path, case: str, ending: str) -> Path:
 def case_report(case: str, dataset_name: str, raw_folder: Path, reports: str | None = None) -> tuple[str | None, str]:
     """(report, where it came from): --reports FILE, else the text cache, else the raw dataset's reports."""
     if reports is not None:
-        from nnunet_vl.cli.predict import load_reports_argument
+        from nnunet_vl.text.contract import load_reports_file
 
-        found = load_reports_argument(reports)
+        found = load_reports_file(reports)
         if case not in found:
             raise ValueError(f"{reports} has no report for case '{case}': add it, or leave out --reports to use "
                              f"the dataset's reports")
