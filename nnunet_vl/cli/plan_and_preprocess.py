@@ -19,8 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-pl", default="ExperimentPlanner",
                    help="image planner: ExperimentPlanner (default), nnUNetPlannerResEncM/L/XL")
     p.add_argument("-gpu_memory_target", type=float, default=None, help="VRAM target in GB (image + text branch)")
-    p.add_argument("-overwrite_plans_name", default="nnUNetPlans",
-                   help="plans identifier (default nnUNetPlans, so nnUNetv2_train needs no -p)")
+    p.add_argument("-overwrite_plans_name", default=None,
+                   help="plans identifier instead of the planner's own, as in nnU-Net (default: the planner's: "
+                        "nnUNetPlans for ExperimentPlanner, so nnUNetv2_train needs no -p; nnUNetResEncUNetMPlans "
+                        "for nnUNetPlannerResEncM, ...)")
     p.add_argument("-c", nargs="+", default=["2d", "3d_fullres", "3d_lowres"], help="configurations to preprocess")
     p.add_argument("-np", type=int, nargs="+", default=[8, 4, 8], help="processes per configuration")
     p.add_argument("--verbose", action="store_true")

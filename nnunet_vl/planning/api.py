@@ -49,11 +49,16 @@ def plans_with_batch_size(preprocessed_folder: Path, configuration: str, batch_s
 def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres"),
                            planner: str = "ExperimentPlanner", preset: str = "bipvl",
                            text_encoder: str | None = None, gpu_memory_target: float | None = None,
-                           plans_name: str = "nnUNetPlans", num_processes_fingerprint: int = 8,
+                           plans_name: str | None = None, num_processes_fingerprint: int = 8,
                            num_processes: Sequence[int] = (8, 4, 8), verify_dataset_integrity: bool = False,
                            clean: bool = False, no_preprocessing: bool = False,
                            allow_missing_reports: bool = False, verbose: bool = False) -> str:
-    """Returns the plans identifier. Text problems are raised before anything is written."""
+    """Returns the plans identifier. Text problems are raised before anything is written.
+
+    The identifier is the planner's, as nnU-Net names it (`nnUNetPlans` for ExperimentPlanner,
+    `nnUNetResEncUNetMPlans` for nnUNetPlannerResEncM, ...), unless `plans_name` overrides it
+    (nnU-Net's `-overwrite_plans_name`).
+    """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity as verify
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
@@ -84,7 +89,7 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
     fingerprint = TextFingerprintExtractor(dataset_id, num_processes_fingerprint, verbose, text=text,
                                            tokenizer=tokenizer, encoder=encoder).run(overwrite_existing=clean)
 
-    kwargs = {"plans_name": plans_name}
+    kwargs = {} if plans_name is None else {"plans_name": plans_name}
     if gpu_memory_target is not None:
         kwargs["gpu_memory_target_in_gb"] = gpu_memory_target
     vl_planner = PLANNERS[planner](dataset_id, preprocessor_name="DefaultPreprocessor", **kwargs)
@@ -93,6 +98,9 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
     vl_planner.configure_text(preset_dict, encoder, config, fingerprint["text"],
                               class_names(vl_planner.dataset_json["labels"]), properties)
     plans = vl_planner.plan_experiment()
+    plans_name = vl_planner.plans_identifier
+    print(f"Plans written as {plans_name}: train with `nnUNetv2_train {dataset_id} CONFIGURATION FOLD -tr TRAINER"
+          f"{'' if plans_name == 'nnUNetPlans' else f' -p {plans_name}'}`")
 
     max_tokens = next(c["text"]["max_tokens"] for c in plans["configurations"].values() if "text" in c)
     cache = write_text_cache(Path(nnUNet_preprocessed) / dataset_name, text, tokenizer, max_tokens)
