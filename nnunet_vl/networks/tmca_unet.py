@@ -157,13 +157,25 @@ class TMCAUNet(nn.Module):
 
     def encode_report(self, text: TextInputs) -> torch.Tensor:
         """Last hidden states (B, Lr, H) of the report, from the cache inside `reusing_report_encoding`."""
-        cache = self._report_cache
-        if cache is not None and id(text) in cache:
-            return cache[id(text)][1]
-        tokens = self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
-        if cache is not None:
-            cache[id(text)] = (text, tokens)  # holding text keeps its id from being reused
+        if self._report_cache is None:  # training: nothing cached, torch.compile traces the encoder with the rest
+            return self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
+        tokens = self._cached_report(text)
+        if tokens is None:
+            tokens = self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
+            self._cache_report(text, tokens)
         return tokens
+
+    # The cache is keyed by id(): traced by torch.compile, every new case's id (and every new cache dict) would be a
+    # guard and recompile the network once per case. Run outside the graph, the lookup costs one graph break and
+    # the compiled code only depends on whether it hit.
+    @torch.compiler.disable
+    def _cached_report(self, text: TextInputs) -> torch.Tensor | None:
+        entry = self._report_cache.get(id(text))
+        return None if entry is None else entry[1]
+
+    @torch.compiler.disable
+    def _cache_report(self, text: TextInputs, tokens: torch.Tensor) -> None:
+        self._report_cache[id(text)] = (text, tokens)  # holding text keeps its id from being reused
 
     def _forward_with_report(
         self, x: torch.Tensor, text: TextInputs

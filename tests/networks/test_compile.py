@@ -121,3 +121,25 @@ def test_compiled_network_matches_eager_and_does_not_recompile_on_new_batches(me
         assert torch.isfinite(loss)
     assert counters["stats"]["unique_graphs"] == graphs, "recompiled during training steps"
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_compiled_tmca_sliding_window_cache_does_not_recompile_per_case(tiny_bert, tokenizer):
+    """Prediction reuses each case's report encoding over its tiles (an id()-keyed cache): compiled, a new case
+    must not mean a new graph (nnU-Net's predictor compiles the network when nnUNet_compile is set)."""
+    import dataclasses
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = make_network("tmca", tiny_bert).eval()
+    compiled = torch.compile(model, backend=BACKEND)
+    graphs_after_case = []
+    with torch.no_grad():
+        for case in range(4):
+            x, _, text = make_batch(tokenizer, case)
+            text = dataclasses.replace(text, report_ids=text.report_ids.clone())  # a new object per case
+            with model.reusing_report_encoding():
+                for tile in range(2):  # the first tile encodes the report, the others reuse it
+                    tile_x = x.roll(tile, dims=-1)
+                    torch.testing.assert_close(compiled(tile_x, text)[0], model(tile_x, text)[0], rtol=1e-4, atol=1e-5)
+            graphs_after_case.append(counters["stats"]["unique_graphs"])
+    assert graphs_after_case[1] == graphs_after_case[-1], graphs_after_case
