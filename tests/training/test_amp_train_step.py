@@ -102,3 +102,31 @@ def test_sliding_window_prediction_under_fp16_autocast(trainer):
     agreement = (logits.argmax(0) == reference.argmax(0)).float().mean()
     assert agreement > 0.99, float(agreement)
     torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)
+
+
+def test_compiled_train_steps_do_not_recompile(trainer):
+    """The trainer's own train_step with the network compiled as nnU-Net's initialize() does on CUDA (here the
+    aot_eager backend, see tests/networks/test_compile.py), under bf16 autocast: new batches, no new graphs.
+    BiPVL only: compiling costs about a minute on this CPU, and TMCA goes through the same trainer code (its network
+    is compiled in tests/networks/test_compile.py)."""
+    if type(trainer).__name__ != "nnUNetTrainerBiPVL_cpu":
+        pytest.skip("the trainer path is shared; TMCA's network compile is tested in tests/networks/test_compile.py")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = trainer.network
+    trainer.network = torch.compile(eager, backend="aot_eager")
+    try:
+        losses = []
+        for seed in range(4):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses.append(float(np.asarray(trainer.train_step(_batch(trainer, 10 + seed))["loss"])))
+            if seed == 0:
+                graphs = counters["stats"]["unique_graphs"]
+    finally:
+        trainer.network = eager
+    assert all(np.isfinite(losses)), losses
+    assert graphs >= 1 and counters["stats"]["unique_graphs"] == graphs, "train_step recompiled the network"
+    assert not counters["graph_break"], dict(counters["graph_break"])
