@@ -22,7 +22,7 @@ from nnunet_vl.text.cache import load_text_cache
 from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, resolve_encoder
 from nnunet_vl.text.provider import TextProvider, tokenizer_files
 from nnunet_vl.text.tokens import TextTokenizer
-from nnunet_vl.training.progress import add_text_terms_to_logger
+from nnunet_vl.training.progress import SEGMENTATION_TERM, add_text_terms_to_logger
 from nnunet_vl.training.text_predictor import TextBoundNetwork, TextPredictor, unwrap
 from nnunet_vl.training.network_builder import text_lr_factor, text_plan
 
@@ -131,6 +131,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
 
         def loss_with_text(output, target):
             total = seg_loss(output, target)
+            terms[SEGMENTATION_TERM] = total  # logged apart: the validation loss has no text terms
             terms.update(self.text_loss(bound.aux, target[0] if isinstance(target, list) else target))
             return total + terms["total"]
 
@@ -173,7 +174,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
-        for term in self.text_loss_terms():
+        for term in (SEGMENTATION_TERM, *self.text_loss_terms()):
             values = [float(o[term]) for o in train_outputs if term in o]
             value = float(np.mean(values)) if values else float("nan")
             if self.is_ddp:

@@ -54,6 +54,9 @@ def test_training_writes_checkpoint_with_text_assets_and_log(trained, nnunet_fol
     logging = checkpoint["logging"]
     terms = [k for k in logging if k.startswith("train_") and k != "train_losses"]
     assert terms and all(len(logging[k]) == 2 and np.all(np.isfinite(logging[k])) for k in terms)
+    # the segmentation part of the training loss is logged apart (progress.png compares it with val_losses)
+    assert "train_segmentation" in terms and len(terms) > 1
+    assert not np.allclose(logging["train_segmentation"], logging["train_losses"])
     assert (folder / "progress.png").is_file()
     summary = json.loads((folder / "validation" / "summary.json").read_text())
     assert "foreground_mean" in summary
