@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-# elements of the map cast to fp32 at once: 64 MB, a small part of a 3d_fullres training step
+# elements of the map cast to fp32 at once (2**24 x 4 B = 64 MB per chunk)
 _FP32_CHUNK_ELEMENTS = 2 ** 24
 
 

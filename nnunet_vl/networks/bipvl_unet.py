@@ -125,7 +125,7 @@ class BiPVLUNet(nn.Module):
         c = text.num_classes
         class_text = hidden[:, text.report_ids.shape[1]:]  # one fused token per class
         k, lk = text.concept_ids.shape[1:]
-        with torch.no_grad():  # fixed anchors: the gradient through C*K sentences cost more than the rest of a step
+        with torch.no_grad():  # fixed anchors: no gradient through the C*K concept sentences
             concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk),
                                                text.concept_mask.reshape(c * k, lk))
         aux = {

@@ -6,9 +6,8 @@ Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so t
 - The report (`TextInputs.report_ids/mask`) runs through the whole Hugging Face encoder; its report
   embedding is the masked mean of the last hidden states. Class and concept texts are not used: the
   report alone says which target to segment. The HF pooler is removed (it would get no gradient).
-  The presets freeze the encoder for TMCA (`tmca.text_lr_factor` 0, applied by the network builder):
-  fine-tuned, it erased the words that tell reports apart (3D synthetic data: the side word's share of its
-  token state's variance fell from 0.34 to 0.00) and TMCA never read them; frozen, it reads them early.
+  The presets freeze the encoder for TMCA (`tmca.text_lr_factor` 0, applied by the network builder); a
+  factor > 0 fine-tunes it at that fraction of the learning rate.
 - Alignment (`align_stages`): each level has a text head (MLP, hidden → proj_dim) and a linear image
   head (stage channels → proj_dim, no bias). Because the image head is linear, it commutes with mask
   pooling, so the loss (`nnunet_vl.losses.tmca`) pools the raw stage features with the ground-truth
@@ -17,8 +16,8 @@ Contrastive Alignments" (arXiv 2412.13533); only the abstract is available, so t
   that enhancement injects.
 - Enhancement (`enhance_stages`): `TargetEnhancement` replaces the stage output, so it feeds both the
   next stage and the decoder skip. Its gates start at zero, so an untrained TMCAUNet is the image U-Net.
-  At high-resolution stages the plans pool its token grid (`enhance_pool`, see `planning.planners.token_pools`):
-  attending from every voxel of a 224² stage cost six times the stage's own convolutions.
+  At high-resolution stages the plans pool its token grid (`enhance_pool`, see `planning.planners.token_pools`),
+  so a stage attends from at most `enhance_max_voxels` tokens per sample, whatever its resolution.
 """
 from __future__ import annotations
 

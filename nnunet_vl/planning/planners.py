@@ -17,7 +17,7 @@ from nnunet_vl.package_data import PRESETS, data_dir, data_files
 _FUSION_BYTES_PER_TOKEN_CHANNEL = 24
 _FUSION_BYTES_PER_ATTENTION_ENTRY = 4
 # a pooled block's tensors at its stage's resolution, fp16 like the above: its output, held beside the stage
-# output, and the update interpolated back (benchmarks/scaling.py measures about two such tensors, in fp32 on CPU)
+# output, and the update interpolated back
 _POOLED_BYTES_PER_STAGE_VOXEL_CHANNEL = 4
 
 
