@@ -177,20 +177,25 @@ class nnUNetPredictorVL(TextPredictor):
         return logits
 
     def _export_attention(self, data: torch.Tensor) -> None:
-        """Write the case's attention map (0-255) aligned to the input, into <output>/attention/."""
+        """Write the case's attention map (0-255) aligned to the input, into <output>/attention/; with several
+        folds, the mean of the folds' maps."""
         item = self._case_item
         network, mirroring = self.network, self.use_mirroring
         self.network = AttentionAsLogits(network, self.label_manager.num_segmentation_heads,
                                          self.label_manager.has_regions)
         self.use_mirroring = False
+        maps = []
         try:
-            logits = self.predict_sliding_window_return_logits(data).cpu()
+            for parameters in self.list_of_parameters:
+                unwrap(network).load_state_dict(parameters)
+                logits = self.predict_sliding_window_return_logits(data).cpu()
+                _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+                    logits, self.plans_manager, self.configuration_manager, self.label_manager,
+                    item["data_properties"], return_probabilities=True)
+                maps.append(probabilities[0 if self.label_manager.has_regions else 1])
         finally:
             self.network, self.use_mirroring = network, mirroring
-        _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, self.plans_manager, self.configuration_manager, self.label_manager, item["data_properties"],
-            return_probabilities=True)
-        attention = probabilities[0 if self.label_manager.has_regions else 1]
+        attention = np.mean(maps, axis=0)
         out = Path(dirname(item["ofile"])) / "attention" / (basename(item["ofile"]) + self.dataset_json["file_ending"])
         out.parent.mkdir(parents=True, exist_ok=True)
         self.plans_manager.image_reader_writer_class().write_seg(
