@@ -63,9 +63,8 @@ def text_plan(plans_manager: PlansManager, configuration_manager: ConfigurationM
 def text_lr_factor(text: dict, method: str) -> float:
     """Learning-rate factor of the text encoder for `method`; 0 freezes it.
 
-    A method's own section (the presets' `tmca`) may override the shared factor: TMCA reads only the report's
-    last hidden states, and fine-tuning the encoder erased what tells reports apart (README, Methods:
-    *report encoder frozen*).
+    A method's own section (the presets' `tmca`) may override the shared factor; the presets set 0 for TMCA,
+    which reads the pretrained encoder's report states.
     """
     return float(text.get(method, {}).get("text_lr_factor", text["text_lr_factor"]))
 
@@ -85,8 +84,8 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
     if text_lr_factor(text, method) == 0:
         text_encoder.requires_grad_(False)
     elif not text.get("train_word_embeddings", False):
-        # the vocabulary table is most of a small encoder's weights; its dense gradient and AdamW state cost
-        # more than the rest of the text branch, and a segmentation dataset is too small to retrain it
+        # the vocabulary table is most of a small encoder's weights and a segmentation dataset is too small
+        # to retrain it: frozen unless the plans say train_word_embeddings
         text_encoder.get_input_embeddings().weight.requires_grad_(False)
     num_classes = len(text["class_names"])
     if method == "bipvl":

@@ -94,8 +94,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
         gradients scaled by the still-tiny gates, and a short schedule ends before the text is used.
         AdamW's per-parameter step sizes do not depend on that scale. The text encoder gets
         `text_lr_factor` times the learning rate (0: frozen); its word embeddings stay frozen unless the plans say
-        `train_word_embeddings`. No AMSGrad (nnU-Net's nnUNetTrainerAdam uses it): its third state
-        tensor per trained weight was 6% of BiPVL's training peak at QaTa (129 of 2005 MB).
+        `train_word_embeddings`. No AMSGrad (nnU-Net's nnUNetTrainerAdam uses it; BiPVL-Seg trains with
+        plain AdamW): it would keep a third state tensor per trained weight.
         """
         network = unwrap(self.network)
         text_ids = {id(p) for p in network.text_encoder.parameters()}
