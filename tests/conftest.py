@@ -42,6 +42,12 @@ dome hilum capsule parenchyma focal diffuse patchy linear nodular lobulated spic
 """.split()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Print the slowest tests after every run (the suite's time budget is watched in CI's output)."""
+    if config.option.durations is None:
+        config.option.durations = 15
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (often 100x faster).

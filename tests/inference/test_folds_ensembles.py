@@ -23,14 +23,30 @@ def run(*cmd: str) -> subprocess.CompletedProcess:
     return result
 
 
+def two_folds(planned_2d: int, folder: Path, trainer: str) -> Path:
+    """Fold 0 trained (2 short epochs, shared with other tests) and fold 1 a copy of it with every weight scaled
+    by a random factor near 1: another model at the cost of none (a second training would add minutes)."""
+    import torch
+
+    if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
+        run("nnUNetv2_train", str(planned_2d), "2d", "0", "-tr", trainer, "-device", "cpu")
+    target = folder / "fold_1" / "checkpoint_final.pth"
+    if not target.is_file():
+        checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        generator = torch.Generator().manual_seed(1)
+        for name, value in checkpoint["network_weights"].items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                noise = torch.randn(value.shape, generator=generator, dtype=torch.float32).to(value.dtype)
+                checkpoint["network_weights"][name] = value * (1 + 0.2 * noise)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, target)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def model_folder(planned_2d, nnunet_folders) -> Path:
-    """BiPVL trained on folds 0 and 1 (2 short epochs each)."""
-    folder = nnunet_folders["nnUNet_results"] / DATASET / f"{TRAINER}__nnUNetPlans__2d"
-    for fold in FOLDS:
-        if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            run("nnUNetv2_train", str(planned_2d), "2d", fold, "-tr", TRAINER, "-device", "cpu")
-    return folder
+    """BiPVL on folds 0 and 1."""
+    return two_folds(planned_2d, nnunet_folders["nnUNet_results"] / DATASET / f"{TRAINER}__nnUNetPlans__2d", TRAINER)
 
 
 def predict(out: Path, *folds: str, extra: tuple[str, ...] = ()) -> Path:
@@ -79,7 +95,7 @@ def test_nnunet_ensemble_of_vl_predictions(predictions, tmp_path):
 
 def test_val_npz_and_find_best_configuration(model_folder, planned_2d, nnunet_folders, tmp_path):
     fold = model_folder / "fold_1"
-    (fold / "validation" / "summary.json").unlink()
+    assert not (fold / "validation" / "summary.json").exists()
     run("nnUNetv2_train", str(planned_2d), "2d", "1", "-tr", TRAINER, "-device", "cpu", "--val", "--npz")
     assert (fold / "validation" / "summary.json").is_file()
     cases = sorted(p.name[:-4] for p in (fold / "validation").glob("*.npz"))
@@ -101,10 +117,7 @@ def test_val_npz_and_find_best_configuration(model_folder, planned_2d, nnunet_fo
 
 def test_attention_maps_over_folds_are_the_folds_mean(planned_2d, nnunet_folders, tmp_path):
     trainer = "nnUNetTrainerTMCA_cpu"
-    folder = nnunet_folders["nnUNet_results"] / DATASET / f"{trainer}__nnUNetPlans__2d"
-    for fold in FOLDS:
-        if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-            run("nnUNetv2_train", str(planned_2d), "2d", fold, "-tr", trainer, "-device", "cpu")
+    two_folds(planned_2d, nnunet_folders["nnUNet_results"] / DATASET / f"{trainer}__nnUNetPlans__2d", trainer)
     images = nnunet_folders["nnUNet_raw"] / DATASET / "imagesTs"
     maps = {}
     for name, folds in (("0", ["0"]), ("1", ["1"]), ("01", list(FOLDS))):
