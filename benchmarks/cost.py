@@ -317,7 +317,7 @@ def _attribute(events, labels: set[str], device: str) -> dict[str, dict[str, flo
             else:
                 add(owner.get(event.sequence_nr, "backward of unlabelled ops"), "backward", dur(event))
         elif event.name.startswith("Optimizer.step"):
-            add("optimizer: SGD step", "other", dur(event))
+            add("optimizer: step (SGD for image only, AdamW for the VL trainers)", "other", dur(event))
         elif event.name.startswith("Optimizer.zero_grad"):
             add("optimizer: zero_grad", "other", dur(event))
         else:
