@@ -42,11 +42,6 @@ def region_weights(
     return pooled[:, 0], pooled[:, 1]
 
 
-def weighted_mean(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, C, N) features, (B, N) weights → (B, C) fp32; 0 where a sample's weights sum to 0."""
-    return region_means(features, weights[:, None])[:, 0]
-
-
 class TargetInformedAlignmentLoss(nn.Module):
     """Multi-level target-informed InfoNCE between report and target embeddings (see module docstring).
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_vl.losses.tmca import TargetInformedAlignmentLoss, region_weights, weighted_mean
+from nnunet_vl.losses.tmca import TargetInformedAlignmentLoss, region_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,7 +42,7 @@ def target_embeddings(aux: dict[str, torch.Tensor], target: torch.Tensor, level:
     """The loss's target embeddings recomputed by hand (for checking queue contents)."""
     features = aux[f"features_l{level}"].detach()
     foreground, _ = region_weights(target, features.shape[2:])
-    pooled = weighted_mean(features.flatten(2), foreground)
+    pooled = (features.flatten(2) * foreground[:, None]).sum(-1) / foreground.sum(-1, keepdim=True).clamp_min(1e-6)
     return F.normalize(pooled @ aux[f"image_head_l{level}"].detach().T, dim=-1)
 
 
