@@ -130,7 +130,7 @@ class TargetEnhancement(nn.Module):
             both = upsample(torch.cat([attention_map, added], dim=1), spatial)
             attention_map, added = both.split([1, added.shape[1]], dim=1)
         modulation = 1 + torch.tanh(self.attention_gate).to(dtype).view(view) * (2 * attention_map - 1)
-        return torch.addcmul(added, features, modulation.to(dtype)), attention
+        return torch.addcmul(added, features, modulation), attention
 
     def _split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, D) → (B, heads, L, D / heads)."""

@@ -156,12 +156,12 @@ class TMCAUNet(nn.Module):
 
     def encode_report(self, text: TextInputs) -> torch.Tensor:
         """Last hidden states (B, Lr, H) of the report, from the cache inside `reusing_report_encoding`."""
-        if self._report_cache is None:  # training: nothing cached, torch.compile traces the encoder with the rest
-            return self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
-        tokens = self._cached_report(text)
+        caching = self._report_cache is not None  # training: no cache, torch.compile traces the encoder with the rest
+        tokens = self._cached_report(text) if caching else None
         if tokens is None:
             tokens = self.text_encoder(input_ids=text.report_ids, attention_mask=text.report_mask).last_hidden_state
-            self._cache_report(text, tokens)
+            if caching:
+                self._cache_report(text, tokens)
         return tokens
 
     # The cache is keyed by id(): traced by torch.compile, every new case's id (and every new cache dict) would be a

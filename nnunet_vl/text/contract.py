@@ -112,9 +112,9 @@ def _json_key_lines(text: str, keys: list[str]) -> dict[str, int]:
     """Line number of each key's first occurrence as a JSON object key in text."""
     lines = {}
     for key in keys:
-        at = text.find(json.dumps(key)[:-1] + '"')
-        if at < 0:
-            at = text.find(f'"{key}"')
+        at = text.find(json.dumps(key, ensure_ascii=False))
+        if at < 0:  # written with \u escapes
+            at = text.find(json.dumps(key))
         if at >= 0:
             lines[key] = text.count("\n", 0, at) + 1
     return lines

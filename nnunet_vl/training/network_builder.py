@@ -40,8 +40,8 @@ def refuse_stock_predictor() -> None:
     plans = local["plans_manager"].plans_name if "plans_manager" in local else "PLANS"
     dataset = local["plans_manager"].dataset_name if "plans_manager" in local else "DATASET"
     raise StockPredictorError(
-        f"{trainer} is a vision-language model: nnU-Net's own predictor would call it without the reports and "
-        f"silently predict as a plain U-Net. Predict with nnunet_vl's predictor, same flags:\n"
+        f"{trainer} is a vision-language model: nnU-Net's own predictor would call it without the reports. "
+        f"Predict with nnunet_vl's predictor, same flags:\n"
         f"  nnUNetv2_predict_vl -i INPUT_FOLDER -o OUTPUT_FOLDER -d {dataset} -tr {trainer} -p {plans} "
         f"-c {configuration} -f {folds}\n"
         f"(reports from the dataset's text cache or --reports FILE; image-only only if you ask for it: --text-mode "
