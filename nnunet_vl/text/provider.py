@@ -35,9 +35,11 @@ def tokenizer_from_files(files: dict[str, bytes]):
         return AutoTokenizer.from_pretrained(d, local_files_only=True)
 
 
-def shuffled_partner(reports: dict[str, str], case: str) -> str:
-    """The case whose report `--text-mode shuffled` gives to `case`: a fixed other case with another report."""
-    others = [c for c in sorted(reports) if reports[c] != reports[case]]
+def shuffled_partner(reports: dict[str, str], case: str, order: Sequence[str] | None = None) -> str:
+    """The case whose report `--text-mode shuffled` gives to `case`: a fixed other case with another report.
+
+    order: sorted(reports), when the caller already holds it."""
+    others = [c for c in (sorted(reports) if order is None else order) if reports[c] != reports[case]]
     if not others:
         return case
     digest = int(hashlib.sha1(case.encode()).hexdigest(), 16)
@@ -60,6 +62,7 @@ class TextProvider:
         self.direction_axes = direction_axes
         self.report_token_ids = report_token_ids or {}
         self.source = source
+        self._shuffle_order = sorted(reports)
 
     def report(self, case: str, mode: str = "report") -> str:
         if mode == "none":
@@ -75,7 +78,7 @@ class TextProvider:
 
     def shuffled_partner(self, case: str) -> str:
         """A fixed other case whose report differs (deterministic, independent of call order)."""
-        return shuffled_partner(self.reports, case)
+        return shuffled_partner(self.reports, case, self._shuffle_order)
 
     def check_reports(self, cases: Sequence[str], mode: str = "report") -> None:
         """Fail before any work when cases lack the report the text mode needs."""
