@@ -48,6 +48,7 @@ setup(
             "nnunet_vl=nnunet_vl.cli.main:main",
             "nnUNetv2_plan_and_preprocess_vl=nnunet_vl.cli.plan_and_preprocess:main",
             "nnUNetv2_predict_vl=nnunet_vl.cli.predict:main",
+            "nnUNetv2_train_vl=nnunet_vl.cli.train:main",
         ]
     },
 )

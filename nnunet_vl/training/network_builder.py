@@ -1,8 +1,6 @@
 """Build a VL network from the plans alone (training and prediction call the same function)."""
 from __future__ import annotations
 
-import sys
-
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -10,6 +8,7 @@ from torch import nn
 
 from nnunet_vl.networks.text_assets import TextAssets
 from nnunet_vl.text.encoders import build_encoder_from_config
+from nnunet_vl.training.call_stack import calling_frame
 
 
 class PlannedWithoutTextError(RuntimeError):
@@ -28,10 +27,7 @@ def refuse_stock_predictor() -> None:
     itself, so the call stack is the only place to see it. A predictor that passes text (nnUNetPredictorVL) says so
     with `passes_text_to_network = True`.
     """
-    stock = nnUNetPredictor.initialize_from_trained_model_folder.__code__
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code is not stock:
-        frame = frame.f_back
+    frame = calling_frame(nnUNetPredictor.initialize_from_trained_model_folder.__code__)
     if frame is None or getattr(frame.f_locals.get("self"), "passes_text_to_network", False):
         return
     local = frame.f_locals

@@ -25,6 +25,8 @@ from nnunet_vl.text.tokens import TextTokenizer
 from nnunet_vl.training.progress import SEGMENTATION_TERM, add_text_terms_to_logger
 from nnunet_vl.training.text_predictor import TextBoundNetwork, TextPredictor, unwrap
 from nnunet_vl.training.network_builder import text_lr_factor, text_plan
+from nnunet_vl.training.warm_start import (load_image_unet_weights, pretrained_weights_file,
+                                            refuse_stock_pretrained_weights)
 
 MAX_ROTATION_DEGREES = 15.0  # larger rotations turn "upper left" into another place; 2D nnU-Net rotates up to 180
 
@@ -66,6 +68,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
         raise NotImplementedError
 
     def initialize(self) -> None:
+        refuse_stock_pretrained_weights(self.__class__.__name__)
         encoder_path = resolve_encoder(self.text_plan["encoder"])
         tokenizer = load_tokenizer(encoder_path)
         super().initialize()
@@ -84,6 +87,11 @@ class nnUNetTrainerVL(nnUNetTrainer):
             class_texts, self.text_cache.reports, self.text_plan["direction_axes"],
             self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"))
         self.text_loss = self.build_text_loss().to(self.device)
+        warm_start = pretrained_weights_file()
+        if warm_start is not None:
+            loaded = load_image_unet_weights(network, warm_start)
+            self.print_to_log_file(f"Warm start: {loaded} image U-Net tensors from {warm_start} (segmentation layers "
+                                   f"included); text branch from the plans' encoder, fusion gates closed")
         self.print_to_log_file(f"Text branch: {self.method}, encoder '{self.text_plan['encoder']}', fusion "
                                f"{self.text_plan['fusion_reason']}")
 
