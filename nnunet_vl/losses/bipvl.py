@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.losses.pooling import region_means
+from nnunet_vl.losses.targets import class_masks
 
 
 def _info_nce(logits: torch.Tensor, anchors: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -24,13 +25,14 @@ def _info_nce(logits: torch.Tensor, anchors: torch.Tensor, candidates: torch.Ten
 class GlobalLocalContrastiveLoss(nn.Module):
     """Class-level (global) and concept-level (local) InfoNCE of BiPVL-Seg; no learnable parameters.
 
-    For every fused stage `visual_{k}` in aux, the feature map is averaged over each class's region
-    (label map area-downsampled to the stage resolution, so small classes survive), mapped by the
+    For every fused stage `visual_{k}` in aux, the feature map is averaged over each class's mask
+    (area-downsampled to the stage resolution, so small classes survive), mapped by the
     stage's linear head `projection_{k}` and L2-normalised. Global: each class present in a sample
     (background included) must pick its own class text among all class texts of that sample. Local:
     the same against each concept sentence, only among classes that have that concept. Terms are
     averaged over anchors and stages; a term without any anchor (no class present, e.g. all voxels
-    ignored) is zero.
+    ignored) is zero. With region-based training the classes are the regions (no background class): each
+    region pools over its own binary mask, so a voxel in several overlapping regions counts for each.
 
     total = global_weight * global + local_weight * local, or with uncertainty weighting (Kendall et
     al.) sum_i exp(-s_i) * L_i + s_i with s = aux["log_vars"] (the weights are then unused; a term
@@ -53,7 +55,8 @@ class GlobalLocalContrastiveLoss(nn.Module):
         self.ignore_label = ignore_label
 
     def forward(self, aux: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """aux from BiPVLUNet(..., return_aux=True); target (B, 1, *spatial) integer labels -> scalar fp32 losses.
+        """aux from BiPVLUNet(..., return_aux=True); target (B, 1, *spatial) integer labels, or region channels
+        (B, C[+1 ignore], *spatial) (see `nnunet_vl.losses.targets`) -> scalar fp32 losses.
 
         Autocast is off here, as in the TMCA loss: under fp16 autocast the voxel sums of mask pooling overflow and
         logits / temperature lose precision. The stage maps come in the network's (autocast) dtype.
@@ -69,12 +72,9 @@ class GlobalLocalContrastiveLoss(nn.Module):
         if not stages:
             raise ValueError("aux holds no visual_{stage} feature maps")
         maps = [(aux[f"visual_{k}"], aux[f"projection_{k}"].float()) for k in stages]  # maps stay in their dtype
-        num_classes = text_class.shape[1]
-        labels = target[:, 0].long()
-        class_masks = [labels == c for c in range(num_classes)]
-        if self.ignore_label is not None:
-            class_masks = [m & (labels != self.ignore_label) for m in class_masks]
-        present = torch.stack([m.flatten(1).any(1) for m in class_masks], dim=1)  # (B, C)
+        masks = class_masks(target, text_class.shape[1], self.ignore_label)  # (B, C, *spatial)
+        present = masks.flatten(2).any(2)  # (B, C)
+        masks = masks.float()
         local_anchors = present[:, None, :] & concept_present.T[None]  # (B, K, C)
         local_candidates = concept_present.T[None, :, None, :]  # (1, K, 1, C)
 
@@ -82,9 +82,7 @@ class GlobalLocalContrastiveLoss(nn.Module):
         global_count = local_count = 0
         for fmap, projection in maps:
             spatial = fmap.shape[2:]
-            weights = torch.stack(
-                [F.interpolate(m[:, None].float(), size=spatial, mode="area")[:, 0] for m in class_masks], dim=1
-            ).flatten(2)  # (B, C, N)
+            weights = F.interpolate(masks, size=spatial, mode="area").flatten(2)  # (B, C, N)
             pooled = region_means(fmap.flatten(2), weights)  # (B, C, channels) fp32
             visual = F.normalize(F.linear(pooled, projection), dim=-1)  # (B, C, P)
             logits = torch.einsum("bcp,bdp->bcd", visual, text_class) / self.temperature

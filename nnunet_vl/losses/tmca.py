@@ -3,7 +3,9 @@
 Our reading of arXiv 2412.13533 (abstract only; the choices are ours). At every aligned level i, per
 sample, the stage features (`TMCAUNet` aux `features_l{i}`) are averaged over the foreground and over the
 background of the label map, each region downsampled to the stage grid by area (a stage voxel weighs
-by the fraction of it that is foreground / background; ignore-label voxels count for neither). The
+by the fraction of it that is foreground / background; ignore-label voxels count for neither). With
+region-based training the foreground is the union of the regions: the report describes the whole target,
+and the union is the foreground of the label map the regions came from. The
 level's linear image head (`image_head_l{i}`) maps them to the target and background embeddings,
 L2-normalised. InfoNCE, with the report embedding (`text_l{i}`) as anchor:
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_vl.losses.pooling import region_means
+from nnunet_vl.losses.targets import foreground_background
 
 
 def region_weights(
@@ -32,12 +35,11 @@ def region_weights(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground and background weights, each (B, N), on a stage grid of `spatial_size`.
 
-    target: (B, 1, *spatial) label map. A weight is the fraction of the stage voxel covered by
-    foreground (label > 0) or background (label 0); voxels with `ignore_label` count for neither.
+    target: (B, 1, *spatial) label map or region channels (`nnunet_vl.losses.targets`). A weight is the fraction
+    of the stage voxel covered by foreground (label > 0, or any region) or background (label 0, or no region);
+    voxels with `ignore_label` count for neither.
     """
-    labels = target[:, 0]
-    valid = torch.ones_like(labels, dtype=torch.bool) if ignore_label is None else labels != ignore_label
-    regions = torch.stack([(labels > 0) & valid, (labels == 0) & valid], dim=1).float()
+    regions = torch.stack(foreground_background(target, ignore_label), dim=1).float()
     pooled = F.interpolate(regions, size=tuple(spatial_size), mode="area").flatten(2)
     return pooled[:, 0], pooled[:, 1]
 
@@ -77,7 +79,7 @@ class TargetInformedAlignmentLoss(nn.Module):
             self.register_buffer(f"queue_keys_l{level}", torch.zeros(0, dtype=torch.long), persistent=False)
 
     def forward(self, aux: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """aux: TMCAUNet's aux outputs; target: (B, 1, *spatial) label map at input resolution.
+        """aux: TMCAUNet's aux outputs; target: (B, 1, *spatial) label map or region channels at input resolution.
 
         Returns {'align_l{i}': loss of level i, 'total': weighted sum over levels}.
         """

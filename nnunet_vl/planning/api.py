@@ -9,9 +9,24 @@ from nnunet_vl.text.contract import load_dataset_text
 from nnunet_vl.text.encoders import DEFAULT_ENCODER, encoder_config, load_tokenizer, resolve_encoder
 
 
+def has_regions(labels: dict) -> bool:
+    """nnU-Net's rule for region-based training: some label maps to a list of more than one label value."""
+    return any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+
+
+def _label_values(value: int | list | tuple) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
 def class_names(labels: dict) -> list[str]:
-    """Label names in network output order (by label value; region datasets keep dataset.json order)."""
+    """Names of the network's output channels, one class text each.
+
+    Label datasets: every label (background included) by label value. Region datasets: the regions in
+    dataset.json order, without background, as nnU-Net's LabelManager orders its sigmoid channels.
+    """
     names = [n for n in labels if n != "ignore"]
+    if has_regions(labels):
+        return [n for n in names if any(int(v) != 0 for v in _label_values(labels[n]))]
     if all(isinstance(labels[n], int) for n in names):
         names.sort(key=lambda n: labels[n])
     return names
