@@ -38,7 +38,7 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from nnunet_vl.text.contract import TextProblem, load_dataset_text
+    from nnunet_vl.text.contract import TextProblem, class_text_only_note, load_dataset_text
     from nnunet_vl.text.encoders import DEFAULT_ENCODER, EncoderNotFoundError, load_tokenizer, resolve_encoder
 
     folder = _dataset_folder(_raw_root(args.raw), args.d)
@@ -50,6 +50,8 @@ def cmd_check(args: argparse.Namespace) -> None:
         text.problems.append(TextProblem(str(folder / "dataset.json"), str(e), "see the message"))
     for problem in text.problems:
         print(problem)
+    if text.class_text_only:
+        print(class_text_only_note(folder.name))
     errors = text.errors
     print(f"{folder.name}: {len(text.reports)} reports for {len(text.train_cases)} training and "
           f"{len(text.test_cases)} test cases, {len(text.label_texts)} label texts, encoder '{encoder}': "

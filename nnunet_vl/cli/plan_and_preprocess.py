@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default=None,
                    help="local Hugging Face directory or alias (default: dataset.json 'text_encoder', else minilm)")
     p.add_argument("--allow-missing-reports", action="store_true",
-                   help="plan although some training cases have no report (they get an empty one)")
+                   help="plan although some training cases have no report (they get an empty one); a dataset "
+                        "with label_texts and no 'reports' key needs no flag (class text only)")
     return p
 
 

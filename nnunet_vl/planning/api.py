@@ -1,11 +1,12 @@
 """Fingerprint, plan and preprocess a dataset with text, through nnU-Net's own API."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnunet_vl.text.contract import load_dataset_text
+from nnunet_vl.text.contract import class_text_only_note, load_dataset_text
 from nnunet_vl.text.encoders import DEFAULT_ENCODER, encoder_config, load_tokenizer, resolve_encoder
 
 
@@ -90,6 +91,8 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
         if problem.severity == "warning":
             print(f"WARNING {problem}")
     text.raise_on_errors()
+    if text.class_text_only:
+        print(class_text_only_note(dataset_name))
     if planner not in PLANNERS:
         raise ValueError(f"planner '{planner}' has no VL version: use one of {sorted(PLANNERS)}")
     preset_dict = load_preset(preset)
@@ -118,7 +121,9 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
           f"{'' if plans_name == 'nnUNetPlans' else f' -p {plans_name}'}`")
 
     max_tokens = next(c["text"]["max_tokens"] for c in plans["configurations"].values() if "text" in c)
-    cache = write_text_cache(Path(nnUNet_preprocessed) / dataset_name, text, tokenizer, max_tokens)
+    # training cases without a report train on an empty one (class text only, or --allow-missing-reports)
+    cache = write_text_cache(Path(nnUNet_preprocessed) / dataset_name,
+                             dataclasses.replace(text, reports=text.training_reports()), tokenizer, max_tokens)
     print(f"Text cache: {len(cache.reports)} reports ({cache.retokenized} tokenized, the rest unchanged)")
 
     if not no_preprocessing:

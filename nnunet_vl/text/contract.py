@@ -6,6 +6,7 @@ A dataset.json may hold (all optional, stock nnU-Net ignores them):
   "label_texts": {"label": "definition" | {concept: text}} | "<corpus name>" | "<file.json>"
   "text_encoder": a local Hugging Face directory, an installed package's model or an alias
 Every problem is collected with the file it concerns and the fix, so a user sees them all at once.
+Label texts without any reports (class text only, BiPVL-Seg's setting) are valid: every case gets an empty report.
 """
 from __future__ import annotations
 
@@ -54,10 +55,15 @@ class DatasetText:
     train_cases: list[str]
     test_cases: list[str]
     problems: list[TextProblem] = field(default_factory=list)
+    class_text_only: bool = False  # label_texts and no reports at all: BiPVL-Seg's own setting
 
     @property
     def errors(self) -> list[TextProblem]:
         return [p for p in self.problems if p.severity == "error"]
+
+    def training_reports(self) -> dict[str, str]:
+        """The reports, plus an empty one for each training case without (class text only, or allowed missing)."""
+        return {**{case: "" for case in self.train_cases if case not in self.reports}, **self.reports}
 
     def raise_on_errors(self) -> None:
         if self.errors:
@@ -317,11 +323,14 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
         problems.append(TextProblem(where, f"{at}report for unknown case '{case}' (no such image in imagesTr/imagesTs)",
                                     "fix the case id or remove the report"))
         del reports[case]
+    class_text_only = False
     if dataset_json.get("reports") is None and not raw_reports:
-        if require_reports:
+        class_text_only = dataset_json.get("label_texts") is not None
+        if require_reports and not class_text_only:
             problems.append(TextProblem(str(folder / "dataset.json"), "dataset has no reports",
-                                        "add \"reports\": \"reports.json\" (case id -> report) to dataset.json, "
-                                        "or plan with --allow-missing-reports to use label texts only"))
+                                        "add \"reports\": \"reports.json\" (case id -> report) or \"label_texts\" "
+                                        "(class descriptions) to dataset.json, or plan with --allow-missing-reports "
+                                        "to use the label names as text"))
     elif not unreadable:
         for case in train:
             if case not in reports and not any(f"case '{case}'" in p.message for p in problems):
@@ -333,4 +342,12 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
                 problems.append(TextProblem(where, f"test case '{case}' has no report",
                                             "add its report (needed to predict it with text)", severity="warning"))
     label_texts = _collect_label_texts(folder, dataset_json, list(dataset_json["labels"].keys()), problems)
-    return DatasetText(reports, label_texts, dataset_json.get("text_encoder"), train, test, problems)
+    return DatasetText(reports, label_texts, dataset_json.get("text_encoder"), train, test, problems, class_text_only)
+
+
+def class_text_only_note(dataset: str) -> str:
+    """The one line check and planning print for a dataset with label texts and no reports."""
+    return (f"{dataset}: class text only (label_texts, no reports): every case is planned with an empty report; "
+            f"nnUNetTrainerBiPVL fuses the class descriptions (predict new cases with --text-mode none); "
+            f"nnUNetTrainerTMCA reads only reports, so its text is one empty report for every case and carries no "
+            f"information")

@@ -1,0 +1,98 @@
+"""A class-text-only dataset plans in one line and trains: every case gets an empty report (BiPVL and TMCA)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_vl.text.contract import TextContractError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DATASET_ID = 873
+NAME = "Dataset873_SynthVL2D"
+
+
+def _drop_reports(folder: Path, reports: dict | None = None) -> None:
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    dataset_json.pop("reports")
+    if reports is not None:
+        dataset_json["reports"] = reports
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+
+
+@pytest.fixture(scope="module")
+def planned(tiny_bert, nnunet_folders, tmp_path_factory) -> tuple[int, str]:
+    """The synthetic 2D dataset without its reports key, planned and preprocessed (printed output returned)."""
+    import contextlib
+    import io
+
+    from nnunet_vl.data.synthetic import make_synthetic_dataset
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+
+    folder = make_synthetic_dataset(nnunet_folders["nnUNet_raw"], DATASET_ID, dim=2, num_train=6, num_test=1,
+                                    size=32, seed=2)
+    _drop_reports(folder, {"case_000": "The target is on the left."})
+    with pytest.raises(TextContractError, match="training case 'case_001' has no report"):
+        plan_and_preprocess_vl(DATASET_ID, configurations=["2d"], text_encoder=str(tiny_bert),
+                               num_processes_fingerprint=1, num_processes=[1])
+    assert not (nnunet_folders["nnUNet_preprocessed"] / NAME).exists()  # refused before anything was written
+    _drop_reports(folder)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        plan_and_preprocess_vl(DATASET_ID, configurations=["2d"], text_encoder=str(tiny_bert),
+                               num_processes_fingerprint=1, num_processes=[1])
+    return DATASET_ID, printed.getvalue()
+
+
+def test_planning_says_class_text_only_once_and_caches_empty_reports(planned, nnunet_folders):
+    _, printed = planned
+    notes = [line for line in printed.splitlines() if "class text only" in line]
+    assert len(notes) == 1 and "TMCA" in notes[0] and "carries no information" in notes[0]
+    folder = nnunet_folders["nnUNet_preprocessed"] / NAME
+    cache = json.loads((folder / "text" / "text_cache.json").read_text())
+    assert cache["reports"] == {f"case_00{i}": "" for i in range(6)}
+    assert cache["label_texts"]["target"]["definition"]
+    assert json.loads((folder / "dataset_fingerprint.json").read_text())["text"]["training_cases_with_report"] == 0
+
+
+def _trainer(name: str, nnunet_folders):
+    from nnunet_vl.training import nnUNetTrainerBiPVL, nnUNetTrainerTMCA
+
+    module = nnUNetTrainerBiPVL if "BiPVL" in name else nnUNetTrainerTMCA
+    folder = nnunet_folders["nnUNet_preprocessed"] / NAME
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
+    trainer = getattr(module, name)(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()),
+                                    torch.device("cpu"))
+    trainer.initialize()
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    return trainer
+
+
+def _batch(trainer) -> dict:
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    lm = trainer.label_manager
+    transforms = trainer.get_validation_transforms(trainer._get_deep_supervision_scales(), trainer.is_cascaded,
+                                                   lm.foreground_labels, None, lm.ignore_label)
+    patch = trainer.configuration_manager.patch_size
+    loader = nnUNetDataLoader(trainer.dataset_class(trainer.preprocessed_dataset_folder), trainer.batch_size, patch,
+                              patch, lm, oversample_foreground_percent=1.0, transforms=transforms)
+    np.random.seed(0)
+    return loader.generate_train_batch()
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"])
+def test_both_trainers_step_on_empty_reports(planned, nnunet_folders, name):
+    trainer = _trainer(name, nnunet_folders)
+    batch = _batch(trainer)
+    text = trainer.text_provider.inputs(list(batch["keys"]))
+    assert int(text.report_mask.sum(1).max()) == int(text.report_mask.sum(1).min())  # the same empty report for all
+    result = trainer.train_step(batch)
+    terms = {k: float(np.asarray(v)) for k, v in result.items()}
+    assert set(trainer.text_loss_terms()) <= set(terms) and all(np.isfinite(v) for v in terms.values()), terms
+    assert np.isfinite(float(np.asarray(trainer.validation_step(_batch(trainer))["loss"])))
