@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name")
+    p.add_argument("-prev_stage_predictions", default=None,
+                   help="folder with the previous stage's predictions of the cases to predict (cascaded "
+                        "configurations: 3d_cascade_fullres takes 3d_lowres' output folder)")
     p.add_argument("-npp", type=int, default=3, help="preprocessing processes (>= 1)")
     p.add_argument("-nps", type=int, default=3, help="segmentation export processes (>= 1)")
     p.add_argument("-num_parts", type=int, default=1)
@@ -98,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         folds = [f if f == "all" else int(f) for f in args.f]
         predictor.initialize_from_trained_model_folder(get_output_folder(args.d, args.tr, args.p, args.c), folds,
                                                        checkpoint_name=args.chk)
+        previous_stage = predictor.configuration_manager.previous_stage_name
+        if previous_stage is not None and args.prev_stage_predictions is None:
+            raise ValueError(f"-c {args.c} is a cascaded configuration: it takes the {previous_stage} predictions of "
+                             f"the cases as input. Predict them first (nnUNetv2_predict_vl -c {previous_stage} "
+                             f"-o FOLDER ...) and pass -prev_stage_predictions FOLDER")
+        if args.prev_stage_predictions is not None and not Path(args.prev_stage_predictions).is_dir():
+            raise FileNotFoundError(f"-prev_stage_predictions {args.prev_stage_predictions} is not a folder")
         inputs, outputs = input_and_output_lists(args.i, args.o, predictor)
         if args.report is not None:
             if len(inputs) != 1:
@@ -107,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.o).mkdir(parents=True, exist_ok=True)
         predictor.predict_from_files(inputs, outputs, save_probabilities=args.save_probabilities,
                                      overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
-                                     num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
-                                     part_id=args.part_id, reports=reports)
+                                     num_processes_segmentation_export=args.nps,
+                                     folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                     num_parts=args.num_parts, part_id=args.part_id, reports=reports)
 
     return run_with_clear_errors(run)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from os.path import basename, dirname, join
 from pathlib import Path
@@ -55,7 +55,6 @@ class nnUNetPredictorVL(TextPredictor):
     def __init__(self, *args, text_mode: str = "report", save_attention: bool = False, **kwargs):
         super().__init__(*args, text_mode=text_mode, **kwargs)
         self.save_attention = save_attention
-        self._case_item: dict | None = None
 
     # ----- set-up -------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name:
@@ -165,11 +164,6 @@ class nnUNetPredictorVL(TextPredictor):
                                                     output_file_truncated, save_or_return_probabilities)
 
     # ----- per case -----------------------------------------------------------------------------
-    def _with_case_text(self, data_iterator: Iterable[dict]) -> Iterator[dict]:
-        for item in super()._with_case_text(data_iterator):
-            self._case_item = item
-            yield item
-
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         logits = super().predict_logits_from_preprocessed_data(data)
         if self.save_attention:

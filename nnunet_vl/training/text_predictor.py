@@ -6,7 +6,7 @@ extends it with trained model folders, reports and attention maps. So inference 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from os.path import basename
 
@@ -61,7 +61,11 @@ class TextPredictor(nnUNetPredictor):
         self.text_mode = text_mode
         self.text_provider: TextProvider | None = None
         self._case_text: TextInputs | None = None
+        self._case_item: dict | None = None
         self._all_mirror_axes = None
+        # called with each case's item and logits while predicting from a data iterator (the trainer's validation
+        # exports the next cascade stage's input with it)
+        self.on_case_logits: Callable[[dict, torch.Tensor], None] | None = None
 
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
@@ -86,12 +90,20 @@ class TextPredictor(nnUNetPredictor):
                 raise ValueError(f"{type(self).__name__} needs an output file name per case: its base name is the "
                                  f"case id that selects the report")
             self.select_case(basename(item["ofile"]))
+            self._case_item = item
             yield item
+        self._case_item = None
 
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = 3):
         return super().predict_from_data_iterator(self._with_case_text(data_iterator), save_probabilities,
                                                   num_processes_segmentation_export)
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        logits = super().predict_logits_from_preprocessed_data(data)
+        if self.on_case_logits is not None and self._case_item is not None:
+            self.on_case_logits(self._case_item, logits)
+        return logits
 
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
         """nnU-Net's sliding window; a network that can reuse the case's text encoding over tiles does so."""

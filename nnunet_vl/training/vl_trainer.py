@@ -7,6 +7,7 @@ than copying them, a VL trainer lets them run unchanged with `self.network` boun
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from os.path import join
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 from torch import distributed as dist
 from torch import nn
 
@@ -194,7 +196,9 @@ class nnUNetTrainerVL(nnUNetTrainer):
 
     # ----- validation and checkpoints ---------------------------------------------------------------
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        """nnU-Net's final validation with TextPredictor (the stock one cannot pass text to the network)."""
+        """nnU-Net's final validation with TextPredictor (the stock one cannot pass text to the network), cascade
+        included: a cascaded configuration's data gets the previous stage's segmentation as one-hot channels, and
+        each case's prediction is resampled and saved as input of every next stage."""
         from nnunetv2.configuration import default_num_processes
         from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 
@@ -208,18 +212,24 @@ class nnUNetTrainerVL(nnUNetTrainer):
                                         [network.state_dict()], self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
         predictor.set_text_provider(self.text_provider)
+        predictor.on_case_logits = self._next_stage_exporter()
         output_folder = join(self.output_folder, "validation")
         os.makedirs(output_folder, exist_ok=True)
         _, val_keys = self.do_split()
         if self.is_ddp:
             val_keys = val_keys[self.local_rank::dist.get_world_size()]
-        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
+                                         folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
 
         def cases():
             for k in dataset_val.identifiers:
                 self.print_to_log_file(f"predicting {k}")
-                data, _, _, properties = dataset_val.load_case(k)
-                yield {"data": torch.from_numpy(np.asarray(data[:])), "data_properties": properties,
+                data, _, seg_prev, properties = dataset_val.load_case(k)
+                data = np.asarray(data[:])
+                if self.is_cascaded:
+                    data = np.vstack((data, convert_labelmap_to_one_hot(
+                        np.asarray(seg_prev[:]), self.label_manager.foreground_labels, output_dtype=data.dtype)))
+                yield {"data": torch.from_numpy(data), "data_properties": properties,
                        "ofile": join(output_folder, k)}
 
         predictor.predict_from_data_iterator(cases(), save_probabilities, default_num_processes)
@@ -237,3 +247,35 @@ class nnUNetTrainerVL(nnUNetTrainer):
             self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
                                    also_print_to_console=True)
         self.set_deep_supervision_enabled(True)
+
+    def _next_stage_exporter(self) -> Callable[[dict, torch.Tensor], None] | None:
+        """None without next stages; else a function that saves a case's prediction, resampled to each next stage's
+        preprocessed shape, to predicted_next_stage/<next stage>/ (where nnU-Net's cascade trainer reads it)."""
+        from nnunetv2.configuration import default_num_processes
+        from nnunetv2.inference.export_prediction import resample_and_save
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+        next_stages = self.configuration_manager.next_stage_names
+        if next_stages is None:
+            return None
+        for stage in next_stages:
+            os.makedirs(join(self.output_folder_base, "predicted_next_stage", stage), exist_ok=True)
+
+        def export(item: dict, logits: torch.Tensor) -> None:
+            case = os.path.basename(item["ofile"])
+            for stage in next_stages:
+                folder = join(self.preprocessed_dataset_folder_base,
+                              self.plans_manager.get_configuration(stage).data_identifier)
+                try:
+                    dataset_class = infer_dataset_class(folder)
+                    data = dataset_class(folder, [case]).load_case(case)[0]
+                except (FileNotFoundError, AssertionError):
+                    self.print_to_log_file(f"Predicting next stage {stage} failed for case {case} because its "
+                                           f"preprocessed file is missing! Run the preprocessing for {stage} first!")
+                    continue
+                output_file = join(self.output_folder_base, "predicted_next_stage", stage, case)
+                resample_and_save(logits.cpu(), data.shape[1:], output_file, self.plans_manager,
+                                  self.configuration_manager, item["data_properties"], self.dataset_json,
+                                  default_num_processes, dataset_class)
+
+        return export
