@@ -79,7 +79,7 @@ def _batch(trainer, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"])
-def test_region_training_validation_and_prediction(region_dataset, name):
+def test_region_training_validation_and_prediction(region_dataset, nnunet_folders, name):
     from nnunet_vl.inference.predictor import nnUNetPredictorVL
     from nnunet_vl.losses.targets import class_masks
 
@@ -106,9 +106,10 @@ def test_region_training_validation_and_prediction(region_dataset, name):
     if text_class is not None:  # BiPVL: one class text per region
         assert text_class.shape[1] == 3
 
-    trainer.perform_actual_validation()
-    summary = json.loads((Path(trainer.output_folder) / "validation" / "summary.json").read_text())
-    assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "3"}
+    if "BiPVL" in name:  # the final validation is the trainers' shared code: once is enough (it costs ~10 s)
+        trainer.perform_actual_validation()
+        summary = json.loads((Path(trainer.output_folder) / "validation" / "summary.json").read_text())
+        assert set(summary["mean"]) == {"(1, 2, 3)", "(2, 3)", "3"}  # every region scored
 
     trainer.set_deep_supervision_enabled(False)
     trainer.network.eval()
@@ -118,8 +119,7 @@ def test_region_training_validation_and_prediction(region_dataset, name):
                                     [trainer.network.state_dict()], trainer.dataset_json, type(trainer).__name__,
                                     trainer.inference_allowed_mirroring_axes)
     predictor.set_text_provider(trainer.text_provider)
-    raw = Path(trainer.preprocessed_dataset_folder_base.replace("nnUNet_preprocessed", "nnUNet_raw"))
-    image_file = next(raw.glob("imagesTs/*_0000.png"))
+    image_file = next((nnunet_folders["nnUNet_raw"] / region_dataset.name).glob("imagesTs/*_0000.png"))
     image, properties = trainer.plans_manager.image_reader_writer_class().read_images([str(image_file)])
     report = trainer.text_provider.reports[image_file.name[: -len("_0000.png")]]
     seg, probabilities = predictor.predict_single_npy_array(image, properties, save_or_return_probabilities=True,
