@@ -72,9 +72,8 @@ class GlobalLocalContrastiveLoss(nn.Module):
         if not stages:
             raise ValueError("aux holds no visual_{stage} feature maps")
         maps = [(aux[f"visual_{k}"], aux[f"projection_{k}"].float()) for k in stages]  # maps stay in their dtype
-        masks = class_masks(target, text_class.shape[1], self.ignore_label)  # (B, C, *spatial)
+        masks = class_masks(target, text_class.shape[1], self.ignore_label)  # (B, C, *spatial) bool
         present = masks.flatten(2).any(2)  # (B, C)
-        masks = masks.float()
         local_anchors = present[:, None, :] & concept_present.T[None]  # (B, K, C)
         local_candidates = concept_present.T[None, :, None, :]  # (1, K, 1, C)
 
@@ -82,7 +81,11 @@ class GlobalLocalContrastiveLoss(nn.Module):
         global_count = local_count = 0
         for fmap, projection in maps:
             spatial = fmap.shape[2:]
-            weights = F.interpolate(masks, size=spatial, mode="area").flatten(2)  # (B, C, N)
+            # one class at a time: a float copy of all class masks at input resolution would be large in 3D
+            weights = torch.cat(
+                [F.interpolate(masks[:, c:c + 1].float(), size=spatial, mode="area") for c in range(masks.shape[1])],
+                dim=1,
+            ).flatten(2)  # (B, C, N)
             pooled = region_means(fmap.flatten(2), weights)  # (B, C, channels) fp32
             visual = F.normalize(F.linear(pooled, projection), dim=-1)  # (B, C, P)
             logits = torch.einsum("bcp,bdp->bcd", visual, text_class) / self.temperature
