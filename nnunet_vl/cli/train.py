@@ -52,12 +52,12 @@ def training_argv(argv: list[str]) -> tuple[list[str], Path | None]:
     weights = _value_of(argv, "-pretrained_weights")
     if weights is None or "-h" in argv or "--help" in argv:
         return argv, None
-    if not _is_vl_trainer(_value_of(argv, "-tr") or "nnUNetTrainer"):
-        return argv, None  # image-only trainers: nnU-Net's own loader
     if "--c" in argv:
         raise ValueError("cannot both continue a training (--c) and load pretrained weights: -pretrained_weights "
                          "only starts a training; to resume one that was warm-started, run the same command with --c "
                          "and without -pretrained_weights")
+    if not _is_vl_trainer(_value_of(argv, "-tr") or "nnUNetTrainer"):
+        return argv, None  # image-only trainers: nnU-Net's own loader
     path = Path(weights).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"-pretrained_weights {weights}: no such file; pass the image-only model's "
