@@ -31,7 +31,8 @@ setup(
         "nnunet_vl.text_corpora": "text_corpora",
         "nnunet_vl.planner_presets": "planners",
     },
-    package_data={"nnunet_vl.text_corpora": ["*.json"], "nnunet_vl.planner_presets": ["*.json"]},
+    package_data={"nnunet_vl.text_corpora": ["*.json"], "nnunet_vl.planner_presets": ["*.json"],
+                  "nnunet_vl.text": ["*.json"]},  # text/fixed_side_names.json
     install_requires=[
         "torch>=2.14",
         "nnunetv2>=2.8.1,<2.9",

@@ -5,6 +5,7 @@ A dataset.json may hold (all optional, stock nnU-Net ignores them):
                  (or a "report" key inside a per-case entry of nnU-Net's "dataset" key)
   "label_texts": {"label": "definition" | {concept: text}} | "<corpus name>" | "<file.json>"
   "text_encoder": a local Hugging Face directory, an installed package's model or an alias
+  "fixed_side_names": ["left ventricle", ...] structure names that never swap under mirroring (text.directions)
 Every problem is collected with the file it concerns and the fix, so a user sees them all at once.
 Label texts without any reports (class text only, BiPVL-Seg's setting) are valid: every case gets an empty report.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunet_vl.text.corpora import CONCEPTS, CorpusError, available_corpora, label_texts_from_corpus
+from nnunet_vl.text.directions import FIXED_SIDE_NAMES_KEY, check_fixed_side_names
 
 BACKGROUND_TEXT = {
     "definition": "Background: every image region that belongs to none of the labelled structures.",
@@ -342,6 +344,10 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
                 problems.append(TextProblem(where, f"test case '{case}' has no report",
                                             "add its report (needed to predict it with text)", severity="warning"))
     label_texts = _collect_label_texts(folder, dataset_json, list(dataset_json["labels"].keys()), problems)
+    if FIXED_SIDE_NAMES_KEY in dataset_json:
+        problems += [TextProblem(str(folder / "dataset.json"), message, "give a list of structure names, e.g. "
+                                 "[\"left ventricle\", \"superior vena cava\"]", severity)
+                     for message, severity in check_fixed_side_names(dataset_json[FIXED_SIDE_NAMES_KEY])]
     return DatasetText(reports, label_texts, dataset_json.get("text_encoder"), train, test, problems, class_text_only)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nnunet_vl.networks.text_inputs import TextInputs
-from nnunet_vl.text.directions import array_axes_to_anatomical, named_axes, swap_directions
+from nnunet_vl.text.directions import array_axes_to_anatomical, direction_words
 from nnunet_vl.text.tokens import TextTokenizer
 
 TEXT_MODES = ("report", "none", "shuffled")
@@ -50,13 +50,16 @@ class TextProvider:
     """Builds TextInputs for a list of cases.
 
     direction_axes maps anatomical axes to the spatial array axes of the configuration; a sample
-    mirrored along such an axis gets its report with that axis's direction words swapped.
+    mirrored along such an axis gets its report with that axis's direction words swapped. fixed_side_names
+    (dataset.json's `fixed_side_names`) adds structure names that never swap to the shipped ones.
     """
 
     def __init__(self, tokenizer: TextTokenizer, label_texts: Sequence[tuple[str, dict[str, str]]],
                  reports: dict[str, str], direction_axes: dict[str, int | None],
-                 report_token_ids: dict[str, list[int]] | None = None, source: str = "reports"):
+                 report_token_ids: dict[str, list[int]] | None = None, source: str = "reports",
+                 fixed_side_names: Sequence[str] = ()):
         self.tokenizer = tokenizer
+        self.directions = direction_words(tuple(fixed_side_names))
         self.label_tensors = tokenizer.label_tensors(label_texts)
         self.reports = reports
         self.direction_axes = direction_axes
@@ -89,7 +92,7 @@ class TextProvider:
                                      f"--reports FILE with their reports, or predict with --text-mode none")
 
     def anatomical_axes_named(self, case: str, mode: str = "report") -> set[str]:
-        return named_axes(self.report(case, mode)) if mode != "none" else set()
+        return self.directions.named_axes(self.report(case, mode)) if mode != "none" else set()
 
     def inputs(self, cases: Sequence[str], flipped_axes: Sequence[Sequence[int]] | None = None,
                mode: str = "report") -> TextInputs:
@@ -101,7 +104,7 @@ class TextProvider:
             swapped = array_axes_to_anatomical(self.direction_axes, flips)
             text = self.report(case, mode)
             if swapped:
-                text = swap_directions(text, swapped)
+                text = self.directions.swap(text, swapped)
             cached = self.report_token_ids.get(case) if mode == "report" and not swapped else None
             if cached is not None and text == self.reports.get(case):
                 rows.append(torch.tensor(cached, dtype=torch.long))
