@@ -15,6 +15,7 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from torch import nn
 
 from nnunet_vl.text.contract import load_reports_file
+from nnunet_vl.text.directions import dataset_fixed_side_names
 from nnunet_vl.text.provider import MissingReportError, TextProvider, tokenizer_from_files
 from nnunet_vl.text.tokens import TextTokenizer
 from nnunet_vl.training.network_builder import text_plan
@@ -92,7 +93,8 @@ class nnUNetPredictorVL(TextPredictor):
         else:
             tokenizer = TextTokenizer(tokenizer_from_files(assets.tokenizer_files), plan["max_tokens"],
                                       plan["max_label_tokens"], plan["max_concept_tokens"])
-        return TextProvider(tokenizer, assets.label_texts, dict(reports), plan["direction_axes"], source=source)
+        return TextProvider(tokenizer, assets.label_texts, dict(reports), plan["direction_axes"], source=source,
+                            fixed_side_names=dataset_fixed_side_names(self.dataset_json))
 
     @contextmanager
     def using_reports(self, reports: Reports):

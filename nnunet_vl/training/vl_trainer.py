@@ -21,6 +21,7 @@ from torch import nn
 
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.text.cache import load_text_cache
+from nnunet_vl.text.directions import dataset_fixed_side_names
 from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, resolve_encoder
 from nnunet_vl.text.provider import TextProvider, tokenizer_files
 from nnunet_vl.text.tokens import TextTokenizer
@@ -87,7 +88,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
             TextTokenizer(tokenizer, self.text_plan["max_tokens"], self.text_plan["max_label_tokens"],
                           self.text_plan["max_concept_tokens"]),
             class_texts, self.text_cache.reports, self.text_plan["direction_axes"],
-            self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"))
+            self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"),
+            fixed_side_names=dataset_fixed_side_names(self.dataset_json))
         self.text_loss = self.build_text_loss().to(self.device)
         warm_start = pretrained_weights_file()
         if warm_start is not None:

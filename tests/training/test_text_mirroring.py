@@ -16,6 +16,7 @@ def trainer(planned_2d, nnunet_folders):
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
     dataset_json = json.loads((folder / "dataset.json").read_text())
+    dataset_json["fixed_side_names"] = ["left target lobe"]  # a user's structure name that must never swap
     trainer = nnUNetTrainerBiPVL_cpu(plans, "2d", 0, dataset_json, torch.device("cpu"))
     trainer.initialize()
     trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -28,6 +29,12 @@ def test_training_mirrors_in_the_step_not_in_the_workers(trainer):
     assert trainer.text_mirror_axes == (0, 1)
     assert trainer.inference_allowed_mirroring_axes == (0, 1)
     assert max(abs(r) for r in rotation) <= torch.pi / 12 + 1e-9  # 2D nnU-Net would rotate up to 180 degrees
+
+
+def test_dataset_structure_names_reach_the_trainers_text(trainer):
+    words = trainer.text_provider.directions
+    assert words.swap("mass left of the left target lobe", ["left_right"]) == "mass right of the left target lobe"
+    assert words.named_axes("the left target lobe") == set()
 
 
 def test_report_words_swap_exactly_when_their_axis_flips(trainer):
