@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"-c {args.c} is a cascaded configuration: it takes the {previous_stage} predictions of "
                              f"the cases as input. Predict them first (nnUNetv2_predict_vl -c {previous_stage} "
                              f"-o FOLDER ...) and pass -prev_stage_predictions FOLDER")
+        if previous_stage is None and args.prev_stage_predictions is not None:
+            raise ValueError(f"-prev_stage_predictions is for cascaded configurations (3d_cascade_fullres); "
+                             f"-c {args.c} takes the image only")
         if args.prev_stage_predictions is not None and not Path(args.prev_stage_predictions).is_dir():
             raise FileNotFoundError(f"-prev_stage_predictions {args.prev_stage_predictions} is not a folder")
         inputs, outputs = input_and_output_lists(args.i, args.o, predictor)
