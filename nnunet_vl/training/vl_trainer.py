@@ -91,6 +91,10 @@ class nnUNetTrainerVL(nnUNetTrainer):
             self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"),
             fixed_side_names=dataset_fixed_side_names(self.dataset_json))
         self.text_loss = self.build_text_loss().to(self.device)
+        if self.method == "tmca" and not any(self.text_cache.reports.values()):
+            self.print_to_log_file("TMCA reads only reports and every report of this dataset is empty (class text "
+                                   "only): its text carries no information here; nnUNetTrainerBiPVL reads class texts",
+                                   also_print_to_console=True)
         warm_start = pretrained_weights_file()
         if warm_start is not None:
             loaded = load_image_unet_weights(network, warm_start)

@@ -96,3 +96,5 @@ def test_both_trainers_step_on_empty_reports(planned, nnunet_folders, name):
     terms = {k: float(np.asarray(v)) for k, v in result.items()}
     assert set(trainer.text_loss_terms()) <= set(terms) and all(np.isfinite(v) for v in terms.values()), terms
     assert np.isfinite(float(np.asarray(trainer.validation_step(_batch(trainer))["loss"])))
+    says_no_information = "its text carries no information" in Path(trainer.log_file).read_text()
+    assert says_no_information == ("TMCA" in name)
