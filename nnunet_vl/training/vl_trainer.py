@@ -13,6 +13,7 @@ from os.path import join
 
 import numpy as np
 import torch
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
@@ -249,10 +250,14 @@ class nnUNetTrainerVL(nnUNetTrainer):
                 self.label_manager.foreground_regions if self.label_manager.has_regions
                 else self.label_manager.foreground_labels,
                 self.label_manager.ignore_label, chill=True, num_processes=default_num_processes)
+            for label in metrics["mean"]:
+                self.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
+            self.logger.log_summary("final_val/foreground_dice", metrics["foreground_mean"]["Dice"])
             self.print_to_log_file("Validation complete", also_print_to_console=True)
             self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
                                    also_print_to_console=True)
         self.set_deep_supervision_enabled(True)
+        compute_gaussian.cache_clear()
 
     def _next_stage_exporter(self) -> Callable[[dict, torch.Tensor], None] | None:
         """None without next stages; else a function that saves a case's prediction, resampled to each next stage's
