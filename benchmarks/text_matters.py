@@ -5,7 +5,7 @@ own reports, with shuffled reports (another case's) and with no text. Writes
 benchmarks/results/text_matters.{json,md,png}.
 
     python benchmarks/text_matters.py                 # 2D and 3D, demo budget (CPU: about an hour)
-    python benchmarks/text_matters.py --smallest      # smoke run: 2D, tiny data, 2 x 5 iterations
+    python benchmarks/text_matters.py --smallest      # smoke run: 2D, tiny data (16 + 4 cases of 32x32), 2 x 5 iterations
     python benchmarks/text_matters.py --dims 3 --methods BiPVL --budget 5epochs --batch-size 4
 
 Results of dimensions and settings not run now are kept from the existing JSON, so `--dims 3` adds 3D beside an
@@ -27,10 +27,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nnunet_vl.cli.demo import format_table, run_demo  # noqa: E402
+from nnunet_vl.cli.demo import DATASET_IDS, demo_environment, format_table, run_demo  # noqa: E402
 
 METHODS = ["BiPVL", "TMCA", "BiPVL_noText", "TMCA_noText"]
+# --smallest: the demo's quick dataset (its 16 training / 4 test cases) at half the demo's 64x64 image edge
+SMALLEST_DATASET = {"num_train": 16, "num_test": 4, "size": 32}
 GOALS = "goals: VL with reports >= image-only + 0.25 Dice; shuffled reports >= 0.2 below own reports"
+
+
+def make_smallest_dataset(workdir: Path, dim: int, rule: str) -> None:
+    """Write the --smallest dataset where run_demo looks for its dataset (run_demo reuses a dataset made with the
+    same rule and number of training cases), so the smoke run plans, trains and predicts on 4x fewer pixels."""
+    from nnunet_vl.data.synthetic import make_synthetic_dataset
+
+    raw_root = Path(demo_environment(workdir.resolve())["nnUNet_raw"])
+    if not list(raw_root.glob(f"Dataset{DATASET_IDS[dim]:03d}_*")):
+        make_synthetic_dataset(raw_root, DATASET_IDS[dim], dim=dim, seed=0, rule=rule, **SMALLEST_DATASET)
 
 
 def plot(results: dict[str, dict], out: Path, rule: str) -> None:
@@ -111,6 +123,8 @@ def main() -> None:
     started = time.time()
     results = {}
     for dim in dims:
+        if args.smallest:
+            make_smallest_dataset(Path(args.workdir) / f"{dim}d", dim, args.rule)
         summary = run_demo(Path(args.workdir) / f"{dim}d", dim=dim, encoder=args.text_encoder, methods=args.methods,
                            quick=args.smallest, rule=args.rule, budget=None if args.smallest else args.budget,
                            batch_size=args.batch_size)
