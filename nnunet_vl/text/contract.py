@@ -6,6 +6,8 @@ A dataset.json may hold (all optional, stock nnU-Net ignores them):
   "label_texts": {"label": "definition" | {concept: text}} | "<corpus name>" | "<file.json>"
   "text_encoder": a local Hugging Face directory, an installed package's model or an alias
   "fixed_side_names": ["left ventricle", ...] structure names that never swap under mirroring (text.directions)
+  "lateral_pairs": [["kidney_left", "kidney_right"], ...] left/right labels whose ids swap under left-right
+                 mirroring, replacing the detection (text.laterality); [] turns pairing off
 Every problem is collected with the file it concerns and the fix, so a user sees them all at once.
 Label texts without any reports (class text only, BiPVL-Seg's setting) are valid: every case gets an empty report.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from nnunet_vl.text.corpora import CONCEPTS, CorpusError, available_corpora, label_texts_from_corpus
 from nnunet_vl.text.directions import FIXED_SIDE_NAMES_KEY, check_fixed_side_names
+from nnunet_vl.text.laterality import LATERAL_PAIRS_KEY, check_lateral_pairs
 
 BACKGROUND_TEXT = {
     "definition": "Background: every image region that belongs to none of the labelled structures.",
@@ -348,6 +351,10 @@ def load_dataset_text(folder: str | os.PathLike, dataset_json: dict | None = Non
         problems += [TextProblem(str(folder / "dataset.json"), message, "give a list of structure names, e.g. "
                                  "[\"left ventricle\", \"superior vena cava\"]", severity)
                      for message, severity in check_fixed_side_names(dataset_json[FIXED_SIDE_NAMES_KEY])]
+    if LATERAL_PAIRS_KEY in dataset_json:
+        problems += [TextProblem(str(folder / "dataset.json"), message, "give [[\"left label\", \"right label\"], "
+                                 "...] with label names of this dataset, each label in one pair at most ([] for none)")
+                     for message in check_lateral_pairs(dataset_json[LATERAL_PAIRS_KEY], dataset_json["labels"])]
     return DatasetText(reports, label_texts, dataset_json.get("text_encoder"), train, test, problems, class_text_only)
 
 
