@@ -17,6 +17,7 @@ from torch import nn
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.text.directions import ANATOMICAL_AXES
 from nnunet_vl.text.provider import TEXT_MODES, TextProvider
+from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan
 
 
 class TextBoundNetwork(nn.Module):
@@ -128,4 +129,27 @@ class TextPredictor(nnUNetPredictor):
         if self._case_text is None:
             raise RuntimeError("no case selected: call select_case(case_id) before predicting")
         with self._network_with_case_text():
-            return super()._internal_maybe_mirror_and_predict(x)
+            lateral = self._lateral_swap()
+            axes = self.allowed_mirroring_axes if self.use_mirroring else None
+            if lateral is None or axes is None or lateral.left_right_axis not in axes:
+                return super()._internal_maybe_mirror_and_predict(x)
+            return self._mirror_and_predict_swapping_pairs(x, axes, lateral)
+
+    def _mirror_and_predict_swapping_pairs(self, x: torch.Tensor, axes: tuple[int, ...],
+                                           lateral: LateralSwap) -> torch.Tensor:
+        """nnU-Net's mirrored average over every combination of `axes`, as two of its own averages over the other
+        axes: one of x, one of x flipped left-right whose lateral pairs' channels are swapped back (the network
+        labels the mirrored patient's left kidney as a right kidney). Same mean, same number of network calls."""
+        dim = lateral.left_right_axis + 2  # x is (b, c, *spatial)
+        self.allowed_mirroring_axes = tuple(a for a in axes if a != lateral.left_right_axis) or None
+        try:
+            straight = super()._internal_maybe_mirror_and_predict(x)
+            mirrored = torch.flip(super()._internal_maybe_mirror_and_predict(torch.flip(x, (dim,))), (dim,))
+        finally:
+            self.allowed_mirroring_axes = axes
+        return (straight + lateral.swap_channels(mirrored, self.label_manager.all_labels)) / 2
+
+    def _lateral_swap(self) -> LateralSwap | None:
+        """The plans' lateral pairs (None without): a left-right mirrored prediction swaps their channels back."""
+        text = self.configuration_manager.configuration.get("text") or {}
+        return lateral_swap_from_text_plan(text, self.dataset_json["labels"])

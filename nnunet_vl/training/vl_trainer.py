@@ -26,6 +26,7 @@ from nnunet_vl.text.directions import dataset_fixed_side_names
 from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, resolve_encoder
 from nnunet_vl.text.provider import TextProvider, tokenizer_files
 from nnunet_vl.text.tokens import TextTokenizer
+from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan
 from nnunet_vl.training.progress import SEGMENTATION_TERM, add_text_terms_to_logger
 from nnunet_vl.training.text_predictor import TextBoundNetwork, TextPredictor, unwrap
 from nnunet_vl.training.network_builder import text_lr_factor, text_plan
@@ -59,6 +60,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
         self.text_plan = text_plan(self.plans_manager, self.configuration_manager)
         self.text_cache = load_text_cache(self.preprocessed_dataset_folder_base)
         self.text_mirror_axes: tuple[int, ...] = ()
+        # the plans' lateral pairs: their label ids swap with a left-right flip (None: no pairs, mirroring as before)
+        self.lateral: LateralSwap | None = lateral_swap_from_text_plan(self.text_plan, dataset_json["labels"])
         self.text_provider: TextProvider | None = None
         self.text_terms: list[dict[str, float]] = []
         add_text_terms_to_logger(self.logger, self.text_loss_terms())
@@ -103,6 +106,10 @@ class nnUNetTrainerVL(nnUNetTrainer):
                                    f"included); text branch from the plans' encoder, fusion gates closed")
         self.print_to_log_file(f"Text branch: {self.method}, encoder '{self.text_plan['encoder']}', fusion "
                                f"{self.text_plan['fusion_reason']}")
+        if self.lateral is not None:
+            self.print_to_log_file(f"lateral pairs {[list(p) for p in self.lateral.names]}: their label ids swap when "
+                                   f"axis {self.lateral.left_right_axis} (left-right) is mirrored, in training and "
+                                   f"test-time mirroring")
 
     def configure_optimizers(self):
         """AdamW (as BiPVL-Seg trains) with nnU-Net's poly schedule.
@@ -161,16 +168,30 @@ class nnUNetTrainerVL(nnUNetTrainer):
             self.network, self.loss = network, seg_loss
 
     def _mirror(self, batch: dict) -> list[tuple[int, ...]]:
-        """Mirror each sample like nnU-Net's MirrorTransform (each allowed axis with p=0.5), in place."""
+        """Mirror each sample like nnU-Net's MirrorTransform (each allowed axis with p=0.5), in place; a left-right
+        flip swaps the lateral pairs' label ids in every target (deep supervision included) and, in a cascade, the
+        pairs' one-hot channels of the previous stage's segmentation."""
         flips = [tuple(a for a in self.text_mirror_axes if torch.rand(1).item() < 0.5) for _ in batch["keys"]]
         targets = batch["target"] if isinstance(batch["target"], list) else [batch["target"]]
+        lateral = getattr(self, "lateral", None)
         for i, axes in enumerate(flips):
             if axes:
                 dims = [a + 1 for a in axes]  # per-sample tensors are (c, *spatial)
                 batch["data"][i] = torch.flip(batch["data"][i], dims)
                 for t in targets:
                     t[i] = torch.flip(t[i], dims)
+                if lateral is not None and lateral.flips_left_right(axes):
+                    for t in targets:
+                        t[i] = lateral.swap_labels(t[i])
+                    if self.is_cascaded:
+                        self._swap_previous_stage_channels(batch["data"], i, lateral)
         return flips
+
+    def _swap_previous_stage_channels(self, data: torch.Tensor, i: int, lateral: LateralSwap) -> None:
+        """A cascade's data ends with one one-hot channel per foreground label (the previous stage's segmentation)."""
+        labels = list(self.label_manager.foreground_labels)
+        first = data.shape[1] - len(labels)
+        data[i, first:] = lateral.swap_channels(data[i, first:], labels, dim=0)
 
     def training_text(self, keys: list[str], flips: list[tuple[int, ...]]) -> TextInputs:
         """The batch's text after `_mirror`: direction words swapped where their axis was flipped."""

@@ -1,0 +1,53 @@
+"""nnUNetTrainerLateral: nnU-Net's image-only trainer whose mirroring swaps the lateral label pairs.
+
+A sample mirrored along the patient's left-right axis gets the pair's label ids swapped (the mirrored patient's
+left kidney lies where the right one belongs); test-time mirroring leaves out the left-right axis, so stock
+`nnUNetv2_predict` (which cannot swap channels back) predicts it correctly. Without lateral pairs it trains and
+predicts exactly as nnUNetTrainer.
+"""
+from __future__ import annotations
+
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_vl.training.lateral import LateralMirrorTransform, LateralSwap, lateral_swap_for_image_only
+
+
+class nnUNetTrainerLateral(nnUNetTrainer):
+    def lateral_swap(self) -> LateralSwap | None:
+        if not hasattr(self, "_lateral_swap"):
+            first = None
+            if self.dataset_json.get("numTraining", 0):
+                from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+                try:
+                    identifiers = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
+                        self.preprocessed_dataset_folder)
+                    first = sorted(identifiers)[0] if identifiers else None
+                except (FileNotFoundError, AssertionError, RuntimeError):
+                    first = None
+            self._lateral_swap = lateral_swap_for_image_only(self.plans_manager, self.configuration_manager,
+                                                             self.dataset_json, self.preprocessed_dataset_folder,
+                                                             first)
+        return self._lateral_swap
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        swap = self.lateral_swap()
+        if swap is not None and mirror_axes:
+            kept = tuple(a for a in mirror_axes if a != swap.left_right_axis)
+            self.inference_allowed_mirroring_axes = kept or None
+            self.print_to_log_file(f"lateral pairs {[list(p) for p in swap.names]}: their label ids swap when axis "
+                                   f"{swap.left_right_axis} (left-right) is mirrored in training; test-time "
+                                   f"mirroring axes {self.inference_allowed_mirroring_axes}")
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's training transforms with its MirrorTransform replaced by LateralMirrorTransform."""
+        transforms = super().get_training_transforms(*args, **kwargs)
+        swap = self.lateral_swap()
+        if swap is not None:
+            transforms.transforms = [LateralMirrorTransform(t.allowed_axes, swap) if type(t) is MirrorTransform
+                                     else t for t in transforms.transforms]
+        return transforms
