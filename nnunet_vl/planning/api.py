@@ -81,8 +81,11 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     from nnunet_vl.planning.fingerprint import TextFingerprintExtractor
+    from nnunet_vl.planning.orientation import check_dataset_orientations
     from nnunet_vl.planning.planners import PLANNERS, load_preset
     from nnunet_vl.text.cache import write_text_cache
+    from nnunet_vl.text.directions import dataset_fixed_side_names
+    from nnunet_vl.text.laterality import dataset_lateral_pairs
 
     dataset_name = convert_id_to_dataset_name(dataset_id)
     raw_folder = Path(nnUNet_raw) / dataset_name
@@ -103,6 +106,7 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
 
     if verify_dataset_integrity:
         verify(str(raw_folder), num_processes_fingerprint)
+    check_dataset_orientations(raw_folder, json.loads((raw_folder / "dataset.json").read_text(encoding="utf-8")))
     print(f"Fingerprinting {dataset_name} (images and text, encoder '{encoder}')")
     fingerprint = TextFingerprintExtractor(dataset_id, num_processes_fingerprint, verbose, text=text,
                                            tokenizer=tokenizer, encoder=encoder).run(overwrite_existing=clean)
@@ -113,8 +117,11 @@ def plan_and_preprocess_vl(dataset_id: int, configurations: Sequence[str] = ("2d
     vl_planner = PLANNERS[planner](dataset_id, preprocessor_name="DefaultPreprocessor", **kwargs)
     properties = _first_training_image_properties(raw_folder, vl_planner.dataset_json,
                                                   vl_planner.determine_reader_writer())
+    pairs = dataset_lateral_pairs(vl_planner.dataset_json, text.label_texts,
+                                  dataset_fixed_side_names(vl_planner.dataset_json))
+    print(f"Lateral pairs ({pairs[1]}): " + (", ".join(f"{a} / {b}" for a, b in pairs[0]) or "none"))
     vl_planner.configure_text(preset_dict, encoder, config, fingerprint["text"],
-                              class_names(vl_planner.dataset_json["labels"]), properties)
+                              class_names(vl_planner.dataset_json["labels"]), properties, lateral_pairs=pairs)
     plans = vl_planner.plan_experiment()
     plans_name = vl_planner.plans_identifier
     print(f"Plans written as {plans_name}: train with `nnUNetv2_train {dataset_id} CONFIGURATION FOLD -tr TRAINER"

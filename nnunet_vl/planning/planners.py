@@ -153,10 +153,12 @@ class VLPlannerMixin:
     text_spec: dict  # set by configure_text before plan_experiment
 
     def configure_text(self, preset: dict, encoder: str, encoder_config: dict, fingerprint_text: dict,
-                       class_names: list[str], image_properties: dict) -> None:
+                       class_names: list[str], image_properties: dict,
+                       lateral_pairs: tuple[list[tuple[str, str]], str] = ((), "none given")) -> None:
+        """lateral_pairs: (left, right) label names whose ids swap with a left-right flip, and their source."""
         self.text_spec = {"preset": preset, "encoder": encoder, "encoder_config": encoder_config,
                           "fingerprint": fingerprint_text, "class_names": class_names,
-                          "image_properties": image_properties}
+                          "image_properties": image_properties, "lateral_pairs": lateral_pairs}
 
     def _token_limits(self) -> tuple[int, int, int]:
         """Report, class-description and concept lengths: the p95 under the tokenizer, capped."""
@@ -299,6 +301,8 @@ class VLPlannerMixin:
             "tmca": tmca,
             "direction_axes": axes,
             "direction_axes_source": source,
+            "lateral_pairs": [list(p) for p in self.text_spec.get("lateral_pairs", ((), ""))[0]],
+            "lateral_pairs_source": self.text_spec.get("lateral_pairs", ((), "none given"))[1],
         }
 
     def save_plans(self, plans: dict) -> None:
