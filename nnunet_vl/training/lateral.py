@@ -19,7 +19,7 @@ from nnunet_vl.text.laterality import dataset_lateral_pairs
 
 
 class LateralRegionsError(ValueError):
-    """Lateral pairs in a region-based dataset: the swap is defined on label values, not on region channels."""
+    """Lateral pairs in a region-based dataset whose swap cannot be expressed on its regions."""
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,46 @@ class LateralSwap:
         return perm
 
     def swap_channels(self, tensor: torch.Tensor, labels: Sequence[int], dim: int = 1) -> torch.Tensor:
-        return tensor.index_select(dim, torch.tensor(self.channel_permutation(labels), device=tensor.device))
+        return permute(tensor, self.channel_permutation(labels), dim)
+
+    def region_permutation(self, regions: Sequence[Sequence[int] | int]) -> list[int]:
+        """For region outputs (one channel per region, in nnU-Net's foreground_regions order): the channel each
+        channel takes its values from after the swap. A region maps to the region of its swapped label values
+        ("kidney_left" to "kidney_right", "kidneys" to itself); LateralRegionsError when that is no region."""
+        sigma = {v: w for a, b in self.value_pairs for v, w in ((a, b), (b, a))}
+        sets = [frozenset(int(v) for v in (r if isinstance(r, (list, tuple)) else [r])) for r in regions]
+        perm = []
+        for region in sets:
+            image = frozenset(sigma.get(v, v) for v in region)
+            if image not in sets:
+                raise LateralRegionsError(
+                    f"lateral pairs {[list(p) for p in self.names]}: region {sorted(region)} becomes the label set "
+                    f"{sorted(image)} when the pairs swap, which is no region of this dataset. Add that region, set "
+                    f"\"lateral_pairs\": [] in dataset.json to mirror as nnU-Net does (labels not swapped), or train "
+                    f"without mirroring")
+            perm.append(sets.index(image))
+        return perm
+
+    def output_permutation(self, label_manager) -> list[int]:
+        """Channel permutation of the network's outputs (label channels, or region channels)."""
+        if label_manager.has_regions:
+            return self.region_permutation(label_manager.foreground_regions)
+        return self.channel_permutation(label_manager.all_labels)
 
 
-def label_value_pairs(labels: Mapping[str, object], pairs: Sequence[Sequence[str]],
-                      regions_allowed: bool = False) -> tuple[tuple[int, int], ...]:
-    """Label values of the named pairs. Region-based label dicts are refused (LateralRegionsError) unless
-    regions_allowed (the swap then acts on the label map before nnU-Net converts it to regions) and every pair
-    member is a single label value."""
+def permute(tensor: torch.Tensor, permutation: Sequence[int], dim: int = 1) -> torch.Tensor:
+    return tensor.index_select(dim, torch.tensor(list(permutation), device=tensor.device))
+
+
+def label_value_pairs(labels: Mapping[str, object], pairs: Sequence[Sequence[str]]) -> tuple[tuple[int, int], ...]:
+    """Label values of the named pairs; each pair member must be one label value (LateralRegionsError for a pair
+    member that is a region of several values: swapping it is not a swap of two label values)."""
     multi = [n for p in pairs for n in p if isinstance(labels[n], (list, tuple)) and len(labels[n]) > 1]
-    if multi or (not regions_allowed and any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())):
+    if multi:
         raise LateralRegionsError(
-            f"lateral pairs {[list(p) for p in pairs]} in a region-based dataset: swapping a pair under left-right "
-            f"mirroring is implemented for label maps only. Set \"lateral_pairs\": [] in dataset.json to mirror as "
-            f"nnU-Net does (labels not swapped), or train without mirroring (nnUNetTrainerNoMirroring)")
+            f"lateral pairs {[list(p) for p in pairs]}: {multi} are regions of several label values; pair the single "
+            f"labels of each side instead (their regions follow), or set \"lateral_pairs\": [] in dataset.json to "
+            f"mirror as nnU-Net does (labels not swapped)")
 
     def value(name: str) -> int:
         v = labels[name]
@@ -73,15 +99,14 @@ def label_value_pairs(labels: Mapping[str, object], pairs: Sequence[Sequence[str
     return tuple((value(a), value(b)) for a, b in pairs)
 
 
-def lateral_swap_from_text_plan(text_plan: Mapping, labels: Mapping[str, object],
-                                regions_allowed: bool = False) -> LateralSwap | None:
+def lateral_swap_from_text_plan(text_plan: Mapping, labels: Mapping[str, object]) -> LateralSwap | None:
     """The configuration's LateralSwap from its plans' text section; None without pairs or left-right axis
     (plans written before lateral pairs existed have none: their training is unchanged)."""
     pairs = text_plan.get("lateral_pairs") or []
     axis = (text_plan.get("direction_axes") or {}).get("left_right")
     if not pairs or axis is None:
         return None
-    return LateralSwap(label_value_pairs(labels, pairs, regions_allowed), int(axis), tuple(tuple(p) for p in pairs))
+    return LateralSwap(label_value_pairs(labels, pairs), int(axis), tuple(tuple(p) for p in pairs))
 
 
 def lateral_swap_for_image_only(plans_manager, configuration_manager, dataset_json: dict,
@@ -90,7 +115,7 @@ def lateral_swap_for_image_only(plans_manager, configuration_manager, dataset_js
     dataset.json's labels and class texts, and the left-right axis of the first preprocessed case's geometry."""
     text = configuration_manager.configuration.get("text")
     if text is not None and "lateral_pairs" in text:
-        return lateral_swap_from_text_plan(text, dataset_json["labels"], regions_allowed=True)
+        return lateral_swap_from_text_plan(text, dataset_json["labels"])
     label_texts = dataset_json.get("label_texts") if isinstance(dataset_json.get("label_texts"), dict) else None
     label_texts = {k: ({"definition": v} if isinstance(v, str) else v) for k, v in (label_texts or {}).items()}
     pairs, _ = dataset_lateral_pairs(dataset_json, label_texts)
@@ -110,7 +135,7 @@ def lateral_swap_for_image_only(plans_manager, configuration_manager, dataset_js
             axis = axis - 1 if axis > 0 else None  # a 2D configuration sees transposed axes 1 and 2
     if axis is None:
         return None
-    return LateralSwap(label_value_pairs(dataset_json["labels"], pairs, regions_allowed=True), int(axis), tuple(pairs))
+    return LateralSwap(label_value_pairs(dataset_json["labels"], pairs), int(axis), tuple(pairs))
 
 
 class LateralMirrorTransform(MirrorTransform):

@@ -17,7 +17,7 @@ from torch import nn
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.text.directions import ANATOMICAL_AXES
 from nnunet_vl.text.provider import TEXT_MODES, TextProvider
-from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan
+from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan, permute
 
 
 class TextBoundNetwork(nn.Module):
@@ -147,7 +147,7 @@ class TextPredictor(nnUNetPredictor):
             mirrored = torch.flip(super()._internal_maybe_mirror_and_predict(torch.flip(x, (dim,))), (dim,))
         finally:
             self.allowed_mirroring_axes = axes
-        return (straight + lateral.swap_channels(mirrored, self.label_manager.all_labels)) / 2
+        return (straight + permute(mirrored, lateral.output_permutation(self.label_manager))) / 2
 
     def _lateral_swap(self) -> LateralSwap | None:
         """The plans' lateral pairs (None without): a left-right mirrored prediction swaps their channels back."""

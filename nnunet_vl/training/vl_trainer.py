@@ -26,7 +26,7 @@ from nnunet_vl.text.directions import dataset_fixed_side_names
 from nnunet_vl.text.encoders import load_pretrained_encoder, load_tokenizer, resolve_encoder
 from nnunet_vl.text.provider import TextProvider, tokenizer_files
 from nnunet_vl.text.tokens import TextTokenizer
-from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan
+from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan, permute
 from nnunet_vl.training.progress import SEGMENTATION_TERM, add_text_terms_to_logger
 from nnunet_vl.training.text_predictor import TextBoundNetwork, TextPredictor, unwrap
 from nnunet_vl.training.network_builder import text_lr_factor, text_plan
@@ -62,6 +62,12 @@ class nnUNetTrainerVL(nnUNetTrainer):
         self.text_mirror_axes: tuple[int, ...] = ()
         # the plans' lateral pairs: their label ids swap with a left-right flip (None: no pairs, mirroring as before)
         self.lateral: LateralSwap | None = lateral_swap_from_text_plan(self.text_plan, dataset_json["labels"])
+        # region targets reach train_step as region channels (the last one the ignore label's): these swap instead
+        self.lateral_region_channels: list[int] | None = None
+        if self.lateral is not None and self.label_manager.has_regions:
+            regions = self.label_manager.foreground_regions
+            self.lateral_region_channels = self.lateral.region_permutation(regions) + (
+                [len(regions)] if self.label_manager.ignore_label is not None else [])
         self.text_provider: TextProvider | None = None
         self.text_terms: list[dict[str, float]] = []
         add_text_terms_to_logger(self.logger, self.text_loss_terms())
@@ -169,8 +175,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
 
     def _mirror(self, batch: dict) -> list[tuple[int, ...]]:
         """Mirror each sample like nnU-Net's MirrorTransform (each allowed axis with p=0.5), in place; a left-right
-        flip swaps the lateral pairs' label ids in every target (deep supervision included) and, in a cascade, the
-        pairs' one-hot channels of the previous stage's segmentation."""
+        flip swaps the lateral pairs' label ids in every target (deep supervision included; region targets: the
+        regions' channels) and, in a cascade, the pairs' one-hot channels of the previous stage's segmentation."""
         flips = [tuple(a for a in self.text_mirror_axes if torch.rand(1).item() < 0.5) for _ in batch["keys"]]
         targets = batch["target"] if isinstance(batch["target"], list) else [batch["target"]]
         lateral = getattr(self, "lateral", None)
@@ -181,8 +187,9 @@ class nnUNetTrainerVL(nnUNetTrainer):
                 for t in targets:
                     t[i] = torch.flip(t[i], dims)
                 if lateral is not None and lateral.flips_left_right(axes):
+                    regions = getattr(self, "lateral_region_channels", None)
                     for t in targets:
-                        t[i] = lateral.swap_labels(t[i])
+                        t[i] = lateral.swap_labels(t[i]) if regions is None else permute(t[i], regions, dim=0)
                     if self.is_cascaded:
                         self._swap_previous_stage_channels(batch["data"], i, lateral)
         return flips

@@ -33,13 +33,26 @@ def test_swap_from_plans_and_without_pairs():
     assert swap.channel_permutation([0, 1, 2, 3]) == [0, 2, 1, 3]
 
 
-def test_region_targets_are_refused_in_train_step_but_fine_before_region_conversion():
-    regions = {"background": 0, "kidneys": [1, 2], "kidney_left": 1, "kidney_right": 2}
-    with pytest.raises(LateralRegionsError, match="lateral_pairs"):
-        label_value_pairs(regions, [("kidney_left", "kidney_right")])
-    assert label_value_pairs(regions, [("kidney_left", "kidney_right")], regions_allowed=True) == ((1, 2),)
-    with pytest.raises(LateralRegionsError):  # a pair member that is itself a region has no single value
-        label_value_pairs(regions, [("kidneys", "kidney_left")], regions_allowed=True)
+def test_region_targets_swap_their_region_channels():
+    regions = {"background": 0, "kidneys": [1, 2], "kidney_left": 1, "kidney_right": 2, "liver": 3}
+    swap = lateral_swap_from_text_plan(PLAN, regions)
+    assert swap.value_pairs == ((1, 2),)
+    assert swap.region_permutation([[1, 2], [1], [2], [3]]) == [0, 2, 1, 3]  # "kidneys" maps to itself
+    manager = SimpleNamespace(has_regions=True, foreground_regions=[(1, 2), 1, 2, 3])  # as LabelManager gives them
+    assert swap.output_permutation(manager) == [0, 2, 1, 3]  # test-time swap-back of sigmoid channels
+    with pytest.raises(LateralRegionsError, match="no region"):  # the left kidney with the liver has no partner
+        swap.region_permutation([[1, 3], [2]])
+    with pytest.raises(LateralRegionsError, match="several label values"):
+        label_value_pairs(regions, [("kidneys", "kidney_left")])
+    fake = SimpleNamespace(text_mirror_axes=(1,), lateral=swap, lateral_region_channels=[0, 2, 1, 3, 4],
+                           is_cascaded=False)  # four regions and the ignore label's channel
+    target = torch.arange(2 * 5 * 4 * 4, dtype=torch.float32).reshape(2, 5, 4, 4)
+    batch = {"data": torch.zeros(2, 1, 4, 4), "target": target.clone(), "keys": ["a", "b"]}
+    torch.manual_seed(0)
+    flips = nnUNetTrainerVL._mirror(fake, batch)
+    for i, axes in enumerate(flips):
+        expected = torch.flip(target[i], [2])[[0, 2, 1, 3, 4]] if axes else target[i]
+        assert torch.equal(batch["target"][i], expected)
 
 
 def _mirrored(lateral, seed: int = 0):
@@ -153,7 +166,7 @@ def _predictor(plan_text: dict):
     predictor.network = _SidedNetwork()
     predictor.configuration_manager = SimpleNamespace(configuration={"text": plan_text})
     predictor.dataset_json = {"labels": LABELS}
-    predictor.label_manager = SimpleNamespace(all_labels=[0, 1, 2, 3])
+    predictor.label_manager = SimpleNamespace(all_labels=[0, 1, 2, 3], has_regions=False)
     predictor._case_text = SimpleNamespace(batch_size=1)
     predictor.use_mirroring = True
     return predictor
