@@ -7,6 +7,8 @@ predicts exactly as nnUNetTrainer.
 """
 from __future__ import annotations
 
+import os
+
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -15,20 +17,13 @@ from nnunet_vl.training.lateral import LateralMirrorTransform, LateralSwap, late
 
 class nnUNetTrainerLateral(nnUNetTrainer):
     def lateral_swap(self) -> LateralSwap | None:
+        """The plans' lateral pairs, or without a text section in the plans those of dataset.json and the geometry
+        of the first preprocessed case (its properties file)."""
         if not hasattr(self, "_lateral_swap"):
-            first = None
-            if self.dataset_json.get("numTraining", 0):
-                from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-                try:
-                    identifiers = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
-                        self.preprocessed_dataset_folder)
-                    first = sorted(identifiers)[0] if identifiers else None
-                except (FileNotFoundError, AssertionError, RuntimeError):
-                    first = None
+            folder = self.preprocessed_dataset_folder
+            cases = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".pkl")) if os.path.isdir(folder) else []
             self._lateral_swap = lateral_swap_for_image_only(self.plans_manager, self.configuration_manager,
-                                                             self.dataset_json, self.preprocessed_dataset_folder,
-                                                             first)
+                                                             self.dataset_json, folder, cases[0] if cases else None)
         return self._lateral_swap
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):

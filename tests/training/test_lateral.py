@@ -218,3 +218,37 @@ def test_swapped_average_is_nnunets_mean_over_every_mirror_combination():
         y = torch.flip(Unsided()(torch.flip(x, flips), None), flips) if flips else Unsided()(x, None)
         views.append(swap.swap_channels(y, [0, 1, 2, 3]) if 3 in flips else y)
     assert torch.allclose(out, sum(views) / 4, atol=1e-6)
+
+
+def test_image_only_pairs_without_text_plans_come_from_dataset_json_and_case_geometry(tmp_path):
+    from batchgenerators.utilities.file_and_folder_operations import write_pickle
+
+    from nnunet_vl.training.lateral import lateral_swap_for_image_only
+
+    write_pickle({"sitk_stuff": {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}}, str(tmp_path / "case_0.pkl"))
+    plans = SimpleNamespace(transpose_forward=[0, 1, 2])
+    full = SimpleNamespace(configuration={}, patch_size=[8, 8, 8])  # planned by stock nnU-Net: no text section
+    flat = SimpleNamespace(configuration={}, patch_size=[8, 8])
+    swap = lateral_swap_for_image_only(plans, full, {"labels": LABELS}, str(tmp_path), "case_0")
+    assert swap.value_pairs == ((1, 2),) and swap.left_right_axis == 2  # numpy (z, y, x): x runs left-right
+    assert lateral_swap_for_image_only(plans, flat, {"labels": LABELS}, str(tmp_path), "case_0").left_right_axis == 1
+    assert lateral_swap_for_image_only(plans, full, {"labels": LABELS, "lateral_pairs": []}, str(tmp_path),
+                                       "case_0") is None
+    heart = {"labels": {"background": 0, "left ventricle": 1, "right ventricle": 2}}
+    assert lateral_swap_for_image_only(plans, full, heart, str(tmp_path), "case_0") is None
+    with_text = SimpleNamespace(configuration={"text": PLAN}, patch_size=[8, 8])  # VL plans: their pairs and axes
+    assert lateral_swap_for_image_only(plans, with_text, {"labels": LABELS}, str(tmp_path), None).left_right_axis == 1
+
+
+def test_image_only_lateral_trainer_reads_the_first_preprocessed_case(tmp_path):
+    from batchgenerators.utilities.file_and_folder_operations import write_pickle
+
+    from nnunet_vl.training.nnUNetTrainerLateral import nnUNetTrainerLateral
+
+    write_pickle({"sitk_stuff": {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}}, str(tmp_path / "case_0.pkl"))
+    trainer = object.__new__(nnUNetTrainerLateral)
+    trainer.preprocessed_dataset_folder = str(tmp_path)
+    trainer.plans_manager = SimpleNamespace(transpose_forward=[0, 1, 2])
+    trainer.configuration_manager = SimpleNamespace(configuration={}, patch_size=[8, 8, 8])
+    trainer.dataset_json = {"labels": LABELS}
+    assert trainer.lateral_swap().left_right_axis == 2
