@@ -1,5 +1,9 @@
 """Folds and ensembles as with nnU-Net: predict with several folds, --save_probabilities + nnUNetv2_ensemble,
-nnUNetv2_train --val --npz, nnUNetv2_find_best_configuration with its printed command run as nnUNetv2_predict_vl."""
+nnUNetv2_train --val --npz, nnUNetv2_find_best_configuration with its printed command run as nnUNetv2_predict_vl,
+attention maps over folds.
+
+One VL model family (TMCA, the one with attention maps) serves every test: the three predictions (fold 0, fold 1,
+folds 0 1) save probabilities and attention maps at once."""
 from __future__ import annotations
 
 import os
@@ -13,7 +17,7 @@ from PIL import Image
 
 BIN = Path(sys.executable).parent
 DATASET = "Dataset801_SynthVL2D"
-TRAINER = "nnUNetTrainerBiPVL_cpu"
+TRAINER = "nnUNetTrainerTMCA_cpu"
 FOLDS = ("0", "1")
 
 
@@ -45,7 +49,7 @@ def two_folds(planned_2d: int, folder: Path, trainer: str) -> Path:
 
 @pytest.fixture(scope="module")
 def model_folder(planned_2d, nnunet_folders) -> Path:
-    """BiPVL on folds 0 and 1."""
+    """TMCA on folds 0 and 1."""
     return two_folds(planned_2d, nnunet_folders["nnUNet_results"] / DATASET / f"{TRAINER}__nnUNetPlans__2d", TRAINER)
 
 
@@ -53,7 +57,7 @@ def predict(out: Path, *folds: str, extra: tuple[str, ...] = ()) -> Path:
     images = Path(os.environ["nnUNet_raw"]) / DATASET / "imagesTs"
     run("nnUNetv2_predict_vl", "-i", str(images), "-o", str(out), "-d", DATASET, "-c", "2d", "-tr", TRAINER,
         "-f", *folds, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar", "--save_probabilities",
-        *extra)
+        "--save-attention", *extra)
     return out
 
 
@@ -115,16 +119,9 @@ def test_val_npz_and_find_best_configuration(model_folder, planned_2d, nnunet_fo
         sorted(p.name.replace("_0000", "") for p in images.glob("*.png"))
 
 
-def test_attention_maps_over_folds_are_the_folds_mean(planned_2d, nnunet_folders, tmp_path):
-    trainer = "nnUNetTrainerTMCA_cpu"
-    two_folds(planned_2d, nnunet_folders["nnUNet_results"] / DATASET / f"{trainer}__nnUNetPlans__2d", trainer)
-    images = nnunet_folders["nnUNet_raw"] / DATASET / "imagesTs"
-    maps = {}
-    for name, folds in (("0", ["0"]), ("1", ["1"]), ("01", list(FOLDS))):
-        out = tmp_path / name
-        run("nnUNetv2_predict_vl", "-i", str(images), "-o", str(out), "-d", DATASET, "-c", "2d", "-tr", trainer,
-            "-f", *folds, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar", "--save-attention")
-        maps[name] = {p.name: np.asarray(Image.open(p)).astype(float) for p in sorted((out / "attention").glob("*"))}
+def test_attention_maps_over_folds_are_the_folds_mean(predictions):
+    maps = {name: {p.name: np.asarray(Image.open(p)).astype(float) for p in sorted((out / "attention").glob("*"))}
+            for name, out in predictions.items()}
     assert maps["01"] and maps["01"].keys() == maps["0"].keys()
     for case, both in maps["01"].items():
         assert np.abs(both - (maps["0"][case] + maps["1"][case]) / 2).max() <= 1.0  # uint8 rounding
