@@ -4,7 +4,8 @@ and image-only nnU-Net for M + K. Same batch, patch and plans for every row; fol
 
 Every step is the command a user would type (`nnUNetv2_train`, `nnUNetv2_train_vl`, `nnUNetv2_predict`,
 `nnUNetv2_predict_vl`); the budgets are trainer variants written into the work directory (one class per budget,
-found through nnUNet_extTrainer). Rows resume: a trained row is reused, an interrupted one continues (--c). The
+found through nnUNet_extTrainer; they leave out nnU-Net's final validation, as every row is scored by the same
+predictions of this script). Rows resume: a trained row is reused, an interrupted one continues (--c). The
 conversion and plans are qata.py's (same default work directory). Writes <out>/warm_start.json, warm_start.md
 and warm_start.png (validation pseudo Dice per epoch, warm rows drawn after their image-only M iterations).
 
@@ -49,7 +50,10 @@ def write_budget_trainers(folder: Path, budgets: list[tuple[int, int, bool]], va
     for epochs, iterations, warm in budgets:
         for base in ("nnUNetTrainer", "nnUNetTrainerBiPVL", "nnUNetTrainerTMCA"):
             lines += [f"class {base}_{budget_name(epochs, iterations, warm)}(WithBudget, {base}):",
-                      f"    budget = Budget({epochs}, {iterations}, {val_iterations})", ""]
+                      f"    budget = Budget({epochs}, {iterations}, {val_iterations})", "",
+                      "    def perform_actual_validation(self, save_probabilities: bool = False) -> None:",
+                      "        self.print_to_log_file('final validation left out: benchmarks/warm_start.py scores every "
+                      "row on the same validation images itself')", ""]
     folder.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines)
     target = folder / TRAINER_MODULE

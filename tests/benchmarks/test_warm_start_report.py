@@ -26,6 +26,8 @@ def test_budget_trainers_are_found_by_nnunet_with_their_budgets(tmp_path):
     from nnunet_vl.training.nnUNetTrainerBiPVL import nnUNetTrainerBiPVL
 
     assert issubclass(found, nnUNetTrainerBiPVL)
+    # every row is scored by the script's own predictions: nnU-Net's final validation is left out
+    assert found.perform_actual_validation is not nnUNetTrainerBiPVL.perform_actual_validation
     image = recursive_find_python_class(str(tmp_path), "nnUNetTrainer_4x25", None, base_folder=str(tmp_path))
     assert image.budget.epochs == 4 and not issubclass(image, nnUNetTrainerBiPVL)
 
