@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -128,3 +129,47 @@ def planned_2d(tiny_bert: Path, nnunet_folders: dict[str, Path]) -> int:
     plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
                            num_processes=[1])
     return 801
+
+
+def _vl_trainer(name: str, preprocessed: Path, configuration: str = "2d"):
+    """A VL trainer variant (by class name) built from a planned dataset's folder as nnUNetv2_train builds it,
+    initialised and with its mirroring configured."""
+    from nnunet_vl.training import nnUNetTrainerBiPVL, nnUNetTrainerTMCA
+
+    module = nnUNetTrainerBiPVL if "BiPVL" in name else nnUNetTrainerTMCA
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
+    trainer = getattr(module, name)(plans, configuration, 0, json.loads((preprocessed / "dataset.json").read_text()),
+                                    torch.device("cpu"))
+    trainer.initialize()
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    return trainer
+
+
+def _loader_batch(trainer, seed: int = 0) -> dict:
+    """A batch from nnU-Net's data loader at the planned batch and patch size, foreground oversampled, with
+    nnU-Net's validation transforms (deep-supervision targets; region channels for region datasets)."""
+    import numpy as np
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    lm = trainer.label_manager
+    transforms = trainer.get_validation_transforms(trainer._get_deep_supervision_scales(), trainer.is_cascaded,
+                                                   lm.foreground_labels, lm.foreground_regions if lm.has_regions
+                                                   else None, lm.ignore_label)
+    patch = trainer.configuration_manager.patch_size
+    loader = nnUNetDataLoader(trainer.dataset_class(trainer.preprocessed_dataset_folder), trainer.batch_size, patch,
+                              patch, lm, oversample_foreground_percent=1.0, transforms=transforms)
+    np.random.seed(seed)
+    return loader.generate_train_batch()
+
+
+@pytest.fixture(scope="session")
+def vl_trainer() -> Callable:
+    """_vl_trainer(name, preprocessed_folder, configuration='2d')."""
+    return _vl_trainer
+
+
+@pytest.fixture(scope="session")
+def loader_batch() -> Callable:
+    """_loader_batch(trainer, seed=0)."""
+    return _loader_batch

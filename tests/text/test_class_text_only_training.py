@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nnunet_vl.text.contract import TextContractError
 
@@ -59,42 +58,17 @@ def test_planning_says_class_text_only_once_and_caches_empty_reports(planned, nn
     assert json.loads((folder / "dataset_fingerprint.json").read_text())["text"]["training_cases_with_report"] == 0
 
 
-def _trainer(name: str, nnunet_folders):
-    from nnunet_vl.training import nnUNetTrainerBiPVL, nnUNetTrainerTMCA
-
-    module = nnUNetTrainerBiPVL if "BiPVL" in name else nnUNetTrainerTMCA
-    folder = nnunet_folders["nnUNet_preprocessed"] / NAME
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
-    trainer = getattr(module, name)(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()),
-                                    torch.device("cpu"))
-    trainer.initialize()
-    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    return trainer
-
-
-def _batch(trainer) -> dict:
-    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-
-    lm = trainer.label_manager
-    transforms = trainer.get_validation_transforms(trainer._get_deep_supervision_scales(), trainer.is_cascaded,
-                                                   lm.foreground_labels, None, lm.ignore_label)
-    patch = trainer.configuration_manager.patch_size
-    loader = nnUNetDataLoader(trainer.dataset_class(trainer.preprocessed_dataset_folder), trainer.batch_size, patch,
-                              patch, lm, oversample_foreground_percent=1.0, transforms=transforms)
-    np.random.seed(0)
-    return loader.generate_train_batch()
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"])
-def test_both_trainers_step_on_empty_reports(planned, nnunet_folders, name):
-    trainer = _trainer(name, nnunet_folders)
-    batch = _batch(trainer)
+def test_both_trainers_step_on_empty_reports(planned, nnunet_folders, name, loader_batch, vl_trainer):
+    trainer = vl_trainer(name, nnunet_folders["nnUNet_preprocessed"] / NAME)
+    batch = loader_batch(trainer)
     text = trainer.text_provider.inputs(list(batch["keys"]))
     assert int(text.report_mask.sum(1).max()) == int(text.report_mask.sum(1).min())  # the same empty report for all
     result = trainer.train_step(batch)
     terms = {k: float(np.asarray(v)) for k, v in result.items()}
     assert set(trainer.text_loss_terms()) <= set(terms) and all(np.isfinite(v) for v in terms.values()), terms
-    assert np.isfinite(float(np.asarray(trainer.validation_step(_batch(trainer))["loss"])))
+    assert np.isfinite(float(np.asarray(trainer.validation_step(loader_batch(trainer))["loss"])))
     says_no_information = "its text carries no information" in Path(trainer.log_file).read_text()
     assert says_no_information == ("TMCA" in name)

@@ -4,7 +4,6 @@ slow on CPU; the fp16 range problems are covered at stage size in tests/networks
 sliding window inside fp16 autocast, as nnU-Net predicts on CUDA."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -15,48 +14,23 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TRAINERS = ["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"]
 
 
-def _trainer_class(name: str):
-    from nnunet_vl.training import nnUNetTrainerBiPVL, nnUNetTrainerTMCA
-
-    return getattr(nnUNetTrainerBiPVL if "BiPVL" in name else nnUNetTrainerTMCA, name)
-
 
 @pytest.fixture(scope="module", params=TRAINERS)
-def trainer(request, planned_2d, nnunet_folders):
-    folder = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
-    trainer = _trainer_class(request.param)(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()),
-                                            torch.device("cpu"))
-    trainer.initialize()
-    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    return trainer
+def trainer(request, planned_2d, nnunet_folders, vl_trainer):
+    return vl_trainer(request.param, nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D")
 
-
-def _batch(trainer, seed: int) -> dict:
-    """A batch from nnU-Net's data loader at the planned batch and patch size, with deep-supervision targets."""
-    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-
-    lm = trainer.label_manager
-    transforms = trainer.get_validation_transforms(trainer._get_deep_supervision_scales(), trainer.is_cascaded,
-                                                   lm.foreground_labels, None, lm.ignore_label)
-    patch = trainer.configuration_manager.patch_size
-    loader = nnUNetDataLoader(trainer.dataset_class(trainer.preprocessed_dataset_folder), trainer.batch_size, patch,
-                              patch, lm, oversample_foreground_percent=1.0, transforms=transforms)
-    np.random.seed(seed)
-    return loader.generate_train_batch()
 
 
 def _gates(network) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in network.named_parameters() if n.endswith("_gate")}
 
 
-def test_train_step_under_bf16_autocast_gives_finite_loss_and_gradients(trainer):
+def test_train_step_under_bf16_autocast_gives_finite_loss_and_gradients(trainer, loader_batch):
     network = trainer.network
     gates_before = {n: p.detach().clone() for n, p in _gates(network).items()}
     for seed in (0, 1):  # the second step runs with gates the first one opened
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            result = trainer.train_step(_batch(trainer, seed))
+            result = trainer.train_step(loader_batch(trainer, seed))
         terms = {k: float(np.asarray(v)) for k, v in result.items()}
         assert terms and all(np.isfinite(v) for v in terms.values()), terms
         assert set(trainer.text_loss_terms()) <= set(terms)
@@ -104,7 +78,7 @@ def test_sliding_window_prediction_under_fp16_autocast(trainer):
     torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)
 
 
-def test_compiled_train_steps_do_not_recompile(trainer):
+def test_compiled_train_steps_do_not_recompile(trainer, loader_batch):
     """The trainer's own train_step with the network compiled as nnU-Net's initialize() does on CUDA (here the
     aot_eager backend, see tests/networks/test_compile.py), under bf16 autocast: new batches, no new graphs.
     BiPVL only: compiling costs about a minute on this CPU, and TMCA goes through the same trainer code (its network
@@ -122,7 +96,7 @@ def test_compiled_train_steps_do_not_recompile(trainer):
         losses = []
         for seed in range(4):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                losses.append(float(np.asarray(trainer.train_step(_batch(trainer, 10 + seed))["loss"])))
+                losses.append(float(np.asarray(trainer.train_step(loader_batch(trainer, 10 + seed))["loss"])))
             if seed == 0:
                 graphs = counters["stats"]["unique_graphs"]
     finally:

@@ -51,39 +51,14 @@ def test_check_and_plans_have_one_class_text_per_region(region_dataset, tiny_ber
     assert text["class_names"] == list(REGIONS)  # one class text per sigmoid head, no background
 
 
-def _trainer(region_dataset: Path, name: str):
-    from nnunet_vl.training import nnUNetTrainerBiPVL, nnUNetTrainerTMCA
-
-    module = nnUNetTrainerBiPVL if "BiPVL" in name else nnUNetTrainerTMCA
-    plans = json.loads((region_dataset / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
-    trainer = getattr(module, name)(plans, "2d", 0, json.loads((region_dataset / "dataset.json").read_text()),
-                                    torch.device("cpu"))
-    trainer.initialize()
-    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    return trainer
-
-
-def _batch(trainer, seed: int) -> dict:
-    """A batch from nnU-Net's data loader with its region conversion (the targets are region channels)."""
-    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-
-    lm = trainer.label_manager
-    transforms = trainer.get_validation_transforms(trainer._get_deep_supervision_scales(), trainer.is_cascaded,
-                                                   lm.foreground_labels, lm.foreground_regions, lm.ignore_label)
-    patch = trainer.configuration_manager.patch_size
-    loader = nnUNetDataLoader(trainer.dataset_class(trainer.preprocessed_dataset_folder), trainer.batch_size, patch,
-                              patch, lm, oversample_foreground_percent=1.0, transforms=transforms)
-    np.random.seed(seed)
-    return loader.generate_train_batch()
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"])
-def test_region_training_validation_and_prediction(region_dataset, nnunet_folders, name):
+def test_region_training_validation_and_prediction(region_dataset, nnunet_folders, name, loader_batch, vl_trainer):
     from nnunet_vl.inference.predictor import nnUNetPredictorVL
     from nnunet_vl.losses.targets import class_masks
 
-    trainer = _trainer(region_dataset, name)
+    trainer = vl_trainer(name, region_dataset)
     assert trainer.label_manager.has_regions and trainer.label_manager.num_segmentation_heads == 3
     assert [n for n, _ in trainer.network.text_assets.label_texts] == list(REGIONS)
 
@@ -96,7 +71,7 @@ def test_region_training_validation_and_prediction(region_dataset, nnunet_folder
 
     trainer.text_loss = recording_loss
     for seed in (0, 1):
-        result = trainer.train_step(_batch(trainer, seed))
+        result = trainer.train_step(loader_batch(trainer, seed))
         assert all(np.isfinite(float(np.asarray(result[k]))) for k in ("loss", *trainer.text_loss_terms()))
     target, text_class = seen[-1]
     masks = class_masks(target, 3)
