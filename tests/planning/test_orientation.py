@@ -54,10 +54,10 @@ def test_mixed_orientations_are_refused_naming_the_cases(tmp_path):
 def test_planning_refuses_mixed_orientations_before_writing(tiny_bert, nnunet_folders):
     from nnunet_vl.planning.api import plan_and_preprocess_vl
 
-    name = "Dataset803_MixedOrientation"
+    name = "Dataset881_MixedOrientation"
     _raw_dataset(nnunet_folders["nnUNet_raw"] / name, {"case_0": IDENTITY, "case_1": SAGITTAL})
     with pytest.raises(MixedOrientationError, match="case_1"):
-        plan_and_preprocess_vl(803, configurations=["3d_fullres"], text_encoder=str(tiny_bert),
+        plan_and_preprocess_vl(881, configurations=["3d_fullres"], text_encoder=str(tiny_bert),
                                num_processes_fingerprint=1, allow_missing_reports=True, no_preprocessing=True)
     assert not (nnunet_folders["nnUNet_preprocessed"] / name).exists()
 

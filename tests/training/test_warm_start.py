@@ -123,7 +123,8 @@ def test_nnunetv2_train_vl_warm_starts_and_stock_flag_is_refused(image_checkpoin
     result = _run("nnUNetv2_train_vl", *args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     folder = nnunet_folders["nnUNet_results"] / DATASET / "nnUNetTrainerBiPVL_cpu__nnUNetPlansWarm__2d" / "fold_0"
-    log = next(folder.glob("training_log_*.txt")).read_text()
+    # the refused stock run left its own (earlier) log in the same folder: the last one is this training's
+    log = max(folder.glob("training_log_*.txt"), key=lambda f: f.stat().st_mtime).read_text()
     assert "Warm start:" in log
     final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     gates = [v for k, v in final.items() if k.endswith("_gate")]
