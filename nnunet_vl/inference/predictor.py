@@ -65,7 +65,7 @@ class nnUNetPredictorVL(TextPredictor):
 
         if getattr(recursive_find_trainer_class_by_name(self.trainer_name), "text_mode", "report") == "none":
             self.text_mode = "none"  # a _noText model never saw a report
-        self._all_mirror_axes = self.allowed_mirroring_axes
+        self._remember_model_settings()
         if self.save_attention and "return_attention" not in inspect.signature(unwrap(self.network).forward).parameters:
             raise ValueError(f"--save-attention needs a model with attention maps (nnUNetTrainerTMCA*); "
                              f"{self.trainer_name} has none")

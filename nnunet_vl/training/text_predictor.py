@@ -64,13 +64,22 @@ class TextPredictor(nnUNetPredictor):
         self._case_text: TextInputs | None = None
         self._case_item: dict | None = None
         self._all_mirror_axes = None
+        self._lateral: tuple[LateralSwap, list[int]] | None = None
         # called with each case's item and logits while predicting from a data iterator (the trainer's validation
         # exports the next cascade stage's input with it)
         self.on_case_logits: Callable[[dict, torch.Tensor], None] | None = None
 
     def manual_initialization(self, *args, **kwargs):
         super().manual_initialization(*args, **kwargs)
+        self._remember_model_settings()
+
+    def _remember_model_settings(self) -> None:
+        """What every tile needs from the model's plans, read once after initialisation: the test-time mirror axes
+        and the lateral pairs with their output-channel permutation."""
         self._all_mirror_axes = self.allowed_mirroring_axes
+        text = self.configuration_manager.configuration.get("text") or {}
+        swap = lateral_swap_from_text_plan(text, self.dataset_json["labels"])
+        self._lateral = None if swap is None else (swap, swap.output_permutation(self.label_manager))
 
     def set_text_provider(self, provider: TextProvider) -> None:
         self.text_provider = provider
@@ -129,14 +138,13 @@ class TextPredictor(nnUNetPredictor):
         if self._case_text is None:
             raise RuntimeError("no case selected: call select_case(case_id) before predicting")
         with self._network_with_case_text():
-            lateral = self._lateral_swap()
             axes = self.allowed_mirroring_axes if self.use_mirroring else None
-            if lateral is None or axes is None or lateral.left_right_axis not in axes:
+            if self._lateral is None or axes is None or self._lateral[0].left_right_axis not in axes:
                 return super()._internal_maybe_mirror_and_predict(x)
-            return self._mirror_and_predict_swapping_pairs(x, axes, lateral)
+            return self._mirror_and_predict_swapping_pairs(x, axes, *self._lateral)
 
-    def _mirror_and_predict_swapping_pairs(self, x: torch.Tensor, axes: tuple[int, ...],
-                                           lateral: LateralSwap) -> torch.Tensor:
+    def _mirror_and_predict_swapping_pairs(self, x: torch.Tensor, axes: tuple[int, ...], lateral: LateralSwap,
+                                           permutation: list[int]) -> torch.Tensor:
         """nnU-Net's mirrored average over every combination of `axes`, as two of its own averages over the other
         axes: one of x, one of x flipped left-right whose lateral pairs' channels are swapped back (the network
         labels the mirrored patient's left kidney as a right kidney). Same mean, same number of network calls."""
@@ -147,9 +155,4 @@ class TextPredictor(nnUNetPredictor):
             mirrored = torch.flip(super()._internal_maybe_mirror_and_predict(torch.flip(x, (dim,))), (dim,))
         finally:
             self.allowed_mirroring_axes = axes
-        return (straight + permute(mirrored, lateral.output_permutation(self.label_manager))) / 2
-
-    def _lateral_swap(self) -> LateralSwap | None:
-        """The plans' lateral pairs (None without): a left-right mirrored prediction swaps their channels back."""
-        text = self.configuration_manager.configuration.get("text") or {}
-        return lateral_swap_from_text_plan(text, self.dataset_json["labels"])
+        return (straight + permute(mirrored, permutation)) / 2

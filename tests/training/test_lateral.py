@@ -169,6 +169,7 @@ def _predictor(plan_text: dict):
     predictor.label_manager = SimpleNamespace(all_labels=[0, 1, 2, 3], has_regions=False)
     predictor._case_text = SimpleNamespace(batch_size=1)
     predictor.use_mirroring = True
+    predictor._remember_model_settings()  # what initialisation does once the plans are known
     return predictor
 
 
