@@ -64,8 +64,9 @@ def cmd_check(args: argparse.Namespace) -> None:
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
     from nnunet_vl.data.synthetic import make_synthetic_dataset
 
+    size = args.size[0] if args.size and len(args.size) == 1 else args.size
     folder = make_synthetic_dataset(_raw_root(args.raw), args.d, dim=args.dim, num_train=args.num_train,
-                                    num_test=args.num_test, size=args.size, seed=args.seed, rule=args.rule,
+                                    num_test=args.num_test, size=size, seed=args.seed, rule=args.rule,
                                     name=args.name, overwrite=args.overwrite)
     print(f"wrote {folder}")
 
@@ -111,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, choices=[2, 3], default=2)
     p.add_argument("--num-train", type=int, default=120)
     p.add_argument("--num-test", type=int, default=30)
-    p.add_argument("--size", type=int, default=None, help="image edge length (default 64 in 2D, 32 in 3D)")
+    p.add_argument("--size", type=int, nargs="+", default=None,
+                   help="image edge length (default 64 in 2D, 32 in 3D), or one per array axis (3D: z y x)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rule", default="position", choices=["position", "side", "size", "mixed"])
+    p.add_argument("--rule", default="position", choices=["position", "side", "size", "mixed", "lateral"],
+                   help="lateral: two look-alike objects labelled kidney_left / kidney_right (a lateral pair), the "
+                        "report names the enlarged side")
     p.add_argument("--name", default=None)
     p.add_argument("--raw", default=None)
     p.add_argument("--overwrite", action="store_true")

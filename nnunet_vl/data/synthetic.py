@@ -10,6 +10,14 @@ independently of the pixels, and the report names it by one cue:
 - ``size``: 2 or 3 objects of clearly different sizes; the report names the size rank
   (largest / smallest / medium-sized).
 - ``mixed``: one of the above, drawn per case.
+- ``lateral``: two look-alike objects, one per left/right half, BOTH labelled, as a bilateral pair:
+  ``kidney_left`` on the left half, ``kidney_right`` on the right half (names that
+  nnunet_vl.text.laterality pairs, so the plans get ``lateral_pairs``). Nothing in an object tells its
+  side: only its place in the image does. The report names one side, whose kidney is drawn enlarged
+  (``LATERAL_ENLARGEMENT`` x the radius); the other side is never named. It is the dataset of
+  ``benchmarks/laterality.py``: mirroring along the left-right axis without swapping the pair's labels
+  teaches the wrong side. ``size`` may give one edge per array axis, e.g. ``(32, 32, 64)``: an image
+  longer along left-right than a patch.
 
 Direction conventions (also stored in ``dataset.json`` under ``synthetic_conventions``):
 
@@ -35,7 +43,8 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-RULES = ("position", "side", "size", "mixed")
+RULES = ("position", "side", "size", "mixed", "lateral")
+TEXT_RULES = RULES[:3]  # the rules `mixed` draws from: one labelled target among look-alikes
 _T = TypeVar("_T")
 
 CONVENTIONS = {
@@ -64,6 +73,35 @@ LABEL_TEXTS = {
     },
 }
 
+LATERAL_LABEL_TEXTS = {
+    "background": {
+        "definition": "Everything except the two kidneys: the dark surroundings.",
+        "shape": "Fills the rest of the image around the two round kidneys.",
+        "location": "Surrounds both kidneys and covers every other region of the image.",
+        "appearance": "Uniformly dark grey.",
+        "contour": "Has no contour of its own; its inner boundaries are the margins of the kidneys.",
+        "texture": "Fine grainy noise on a uniform dark field.",
+    },
+    "kidney_left": {
+        "definition": "The left kidney: the bright round object in the left half of the image.",
+        "shape": "A round to slightly oval blob: a disc in 2D, an ellipsoid in 3D.",
+        "location": "In the left half of the image, opposite the right kidney.",
+        "appearance": "Homogeneously bright, exactly like the right kidney; larger when the report calls it enlarged.",
+        "contour": "Smooth, well-defined margin, slightly blurred.",
+        "texture": "Fine grainy noise on a uniform bright interior.",
+    },
+    "kidney_right": {
+        "definition": "The right kidney: the bright round object in the right half of the image.",
+        "shape": "A round to slightly oval blob: a disc in 2D, an ellipsoid in 3D.",
+        "location": "In the right half of the image, opposite the left kidney.",
+        "appearance": "Homogeneously bright, exactly like the left kidney; larger when the report calls it enlarged.",
+        "contour": "Smooth, well-defined margin, slightly blurred.",
+        "texture": "Fine grainy noise on a uniform bright interior.",
+    },
+}
+LATERAL_LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2}
+LATERAL_ENLARGEMENT = 1.3  # radius factor of the kidney the report names
+
 DEFAULT_SIZE = {2: 64, 3: 32}
 BACKGROUND_MEAN, OBJECT_MEAN = 60.0, 180.0
 PIXEL_NOISE_STD, OBJECT_OFFSET_STD, BLUR_SIGMA = 12.0, 6.0, 0.6
@@ -85,6 +123,8 @@ _VERTICAL_SYNONYMS = {"upper": ("upper", "top"), "lower": ("lower", "bottom")}
 _SIZE_WORDS = {"smallest": ("smallest", "tiniest"), "largest": ("largest", "biggest"),
                "medium": ("medium-sized", "intermediate-sized", "middle-sized")}
 _COUNT_WORDS = {2: "two", 3: "three"}
+_LATERAL_TEMPLATES = ("the {side} kidney is enlarged.", "enlarged {side} kidney.", "mild enlargement of the {side} kidney.",
+                      "{side} kidney enlarged, the other one normal in size.", "the {side} kidney appears enlarged.")
 
 
 @dataclass(frozen=True)
@@ -108,34 +148,39 @@ def _random_blob(rng: np.random.Generator, dim: int, radius: float) -> _Blob:
     return _Blob(center=np.zeros(dim), semi_axes=semi_axes, rotation=rotation)
 
 
-def _sample_center(rng: np.random.Generator, size: int, dim: int, extent: float, halves: dict[int, int]) -> np.ndarray:
+def _sample_center(rng: np.random.Generator, shape: tuple[int, ...], dim: int, extent: float,
+                   halves: dict[int, int]) -> np.ndarray:
     """Uniform centre keeping the blob ``margin`` voxels inside the image, and inside the given half per axis."""
     margin = 1.5
     center = np.empty(dim)
     for axis in range(dim):
+        size = shape[axis]
         lo, hi = (0.0, float(size)) if axis not in halves else (halves[axis] * size / 2, (halves[axis] + 1) * size / 2)
         center[axis] = rng.uniform(lo + extent + margin, hi - 1 - extent - margin)
     return center
 
 
-def _place_in_cells(rng: np.random.Generator, size: int, dim: int, cells: list[dict[int, int]]) -> list[_Blob]:
-    """One base-size blob per cell (cell = axis -> half index)."""
+def _place_in_cells(rng: np.random.Generator, shape: tuple[int, ...], dim: int, cells: list[dict[int, int]],
+                    scales: Sequence[float] | None = None) -> list[_Blob]:
+    """One base-size blob per cell (cell = axis -> half index), its radius times `scales[i]` when given; the base
+    size follows the shortest image edge."""
     blobs = []
-    for cell in cells:
-        blob = _random_blob(rng, dim, BASE_RADIUS[dim] * size * rng.uniform(0.9, 1.1))
-        blobs.append(_Blob(_sample_center(rng, size, dim, blob.extent, cell), blob.semi_axes, blob.rotation))
+    for i, cell in enumerate(cells):
+        scale = 1.0 if scales is None else scales[i]
+        blob = _random_blob(rng, dim, BASE_RADIUS[dim] * min(shape) * rng.uniform(0.9, 1.1) * scale)
+        blobs.append(_Blob(_sample_center(rng, shape, dim, blob.extent, cell), blob.semi_axes, blob.rotation))
     return blobs
 
 
-def _place_sized(rng: np.random.Generator, size: int, dim: int, radii: list[float]) -> list[_Blob]:
+def _place_sized(rng: np.random.Generator, shape: tuple[int, ...], dim: int, radii: list[float]) -> list[_Blob]:
     """Blobs of the given radii at random non-overlapping positions, at least ``gap`` voxels apart."""
-    gap = max(3.0, 0.05 * size)
+    gap = max(3.0, 0.05 * min(shape))
     for _ in range(100):
         blobs: list[_Blob] = []
         for radius in radii:
             blob = _random_blob(rng, dim, radius)
             for _ in range(200):
-                center = _sample_center(rng, size, dim, blob.extent, {})
+                center = _sample_center(rng, shape, dim, blob.extent, {})
                 if all(np.linalg.norm(center - b.center) >= blob.extent + b.extent + gap for b in blobs):
                     blobs.append(_Blob(center, blob.semi_axes, blob.rotation))
                     break
@@ -143,7 +188,8 @@ def _place_sized(rng: np.random.Generator, size: int, dim: int, radii: list[floa
                 break
         if len(blobs) == len(radii):
             return blobs
-    raise RuntimeError(f"could not place {len(radii)} separated objects in a {size}^{dim} image; use a larger size")
+    raise RuntimeError(f"could not place {len(radii)} separated objects in a {'x'.join(map(str, shape))} image; use a "
+                       f"larger size")
 
 
 def _pick(rng: np.random.Generator, options: Sequence[_T]) -> _T:
@@ -192,22 +238,36 @@ def _size_report(rng: np.random.Generator, rank_word: str, count: int) -> str:
     return _finish_report(rng, template.format(noun=noun, nouns=nouns, sz=size_word, n=_COUNT_WORDS[count]))
 
 
-def _layout_case(rng: np.random.Generator, dim: int, size: int, rule: str) -> tuple[list[_Blob], int, str]:
+def _lateral_report(rng: np.random.Generator, side: str) -> str:
+    return _finish_report(rng, _pick(rng, _LATERAL_TEMPLATES).format(side=side))
+
+
+def _layout_lateral_case(rng: np.random.Generator, dim: int, shape: tuple[int, ...]) -> tuple[list[_Blob], str, int]:
+    """The ``lateral`` rule: [blob on the low half, blob on the high half] of the left-right axis, the report, and
+    the index of the blob it names (uniform, enlarged)."""
+    named = int(rng.integers(2))
+    scales = [LATERAL_ENLARGEMENT if i == named else 1.0 for i in range(2)]
+    blobs = _place_in_cells(rng, shape, dim, [{_LR_AXIS[dim]: 0}, {_LR_AXIS[dim]: 1}], scales)
+    return blobs, _lateral_report(rng, _LR_WORD[dim][named]), named
+
+
+def _layout_case(rng: np.random.Generator, dim: int, shape: tuple[int, ...], rule: str) -> tuple[list[_Blob], int, str]:
     """Objects, index of the target (uniform, pixel-independent) and the report for one case."""
     if rule == "mixed":
-        rule = _pick(rng, RULES[:3])
+        rule = _pick(rng, TEXT_RULES)
+    size = min(shape)
     lr_axis = _LR_AXIS[dim]
     if rule == "position":
         axis, low_word, high_word = _pick(rng, _SECOND_CUES[dim])
         all_cells = [(h, v) for v in (0, 1) for h in (0, 1)]
         chosen = rng.choice(len(all_cells), size=int(rng.integers(2, 5)), replace=False)
         cells = [all_cells[i] for i in chosen]
-        blobs = _place_in_cells(rng, size, dim, [{lr_axis: h, axis: v} for h, v in cells])
+        blobs = _place_in_cells(rng, shape, dim, [{lr_axis: h, axis: v} for h, v in cells])
         target = int(rng.integers(len(blobs)))
         h, v = cells[target]
         return blobs, target, _location_report(rng, dim, [_LR_WORD[dim][h], (low_word, high_word)[v]])
     if rule == "side":
-        blobs = _place_in_cells(rng, size, dim, [{lr_axis: 0}, {lr_axis: 1}])
+        blobs = _place_in_cells(rng, shape, dim, [{lr_axis: 0}, {lr_axis: 1}])
         target = int(rng.integers(2))
         return blobs, target, _side_report(rng, _LR_WORD[dim][target])
     if rule == "size":
@@ -215,7 +275,7 @@ def _layout_case(rng: np.random.Generator, dim: int, size: int, rule: str) -> tu
         levels = np.sort(rng.choice(3, size=count, replace=False))
         radii = [SIZE_LEVELS[dim][lvl] * size * rng.uniform(0.95, 1.05) for lvl in levels]
         order = rng.permutation(count)  # random draw order, so rank and placement are unrelated
-        blobs = _place_sized(rng, size, dim, [radii[i] for i in order])
+        blobs = _place_sized(rng, shape, dim, [radii[i] for i in order])
         target = int(rng.integers(count))
         rank = int(order[target])  # 0 = smallest
         rank_word = "smallest" if rank == 0 else "largest" if rank == count - 1 else "medium"
@@ -223,9 +283,9 @@ def _layout_case(rng: np.random.Generator, dim: int, size: int, rule: str) -> tu
     raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
 
 
-def _render(rng: np.random.Generator, blobs: list[_Blob], size: int, dim: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _render(rng: np.random.Generator, blobs: list[_Blob], shape: tuple[int, ...], dim: int
+            ) -> tuple[np.ndarray, list[np.ndarray]]:
     """uint8 image and one boolean mask per blob; all objects share one intensity distribution."""
-    shape = (size,) * dim
     points = np.indices(shape, dtype=np.float64).reshape(dim, -1).T
     masks = []
     mean = np.full(shape, BACKGROUND_MEAN)
@@ -250,8 +310,8 @@ def _save_array(array: np.ndarray, path: Path) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, size: int, seed: int, rule: str,
-                   name: str) -> None:
+def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, shape: tuple[int, ...], seed: int,
+                   rule: str, name: str) -> None:
     ending = ".png" if dim == 2 else ".nii.gz"
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir()
@@ -261,23 +321,41 @@ def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, size: 
     reports = {}
     for i, case_rng in enumerate(case_rngs):
         case = f"case_{i:0{width}d}"
-        blobs, target, report = _layout_case(case_rng, dim, size, rule)
-        image, masks = _render(case_rng, blobs, size, dim)
+        if rule == "lateral":
+            blobs, report, _ = _layout_lateral_case(case_rng, dim, shape)
+            image, masks = _render(case_rng, blobs, shape, dim)
+            # low / high half of the left-right axis -> its side's label
+            sides = {word: masks[i] for i, word in enumerate(_LR_WORD[dim])}
+            label = np.zeros(shape, dtype=np.uint8)
+            label[sides["left"]] = LATERAL_LABELS["kidney_left"]
+            label[sides["right"]] = LATERAL_LABELS["kidney_right"]
+        else:
+            blobs, target, report = _layout_case(case_rng, dim, shape, rule)
+            image, masks = _render(case_rng, blobs, shape, dim)
+            label = masks[target].astype(np.uint8)
         split = "Tr" if i < num_train else "Ts"
         _save_array(image, folder / f"images{split}" / f"{case}_0000{ending}")
-        _save_array(masks[target].astype(np.uint8), folder / f"labels{split}" / f"{case}{ending}")
+        _save_array(label, folder / f"labels{split}" / f"{case}{ending}")
         reports[case] = report
     (folder / "reports.json").write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
+    if rule == "lateral":
+        description = (f"Synthetic {dim}D data (rule 'lateral'): two look-alike objects, one per left/right half, "
+                       "labelled as a bilateral pair (kidney_left / kidney_right); the report names the side whose "
+                       "kidney is enlarged.")
+        labels, label_texts = LATERAL_LABELS, LATERAL_LABEL_TEXTS
+    else:
+        description = (f"Synthetic text-dependent {dim}D data (rule '{rule}'): several look-alike objects per "
+                       "image; only the report says which one is the target.")
+        labels, label_texts = {"background": 0, "target": 1}, LABEL_TEXTS
     dataset_json = {
         "name": name,
-        "description": f"Synthetic text-dependent {dim}D data (rule '{rule}'): several look-alike objects per "
-        "image; only the report says which one is the target.",
+        "description": description,
         "channel_names": {"0": "synthetic"},
-        "labels": {"background": 0, "target": 1},
+        "labels": labels,
         "numTraining": num_train,
         "file_ending": ending,
         "reports": "reports.json",
-        "label_texts": LABEL_TEXTS,
+        "label_texts": label_texts,
         "synthetic_rule": rule,
         "synthetic_conventions": CONVENTIONS[dim],
     }
@@ -285,9 +363,11 @@ def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, size: 
 
 
 def make_synthetic_dataset(raw_root: Path, dataset_id: int, dim: int = 2, num_train: int = 120, num_test: int = 30,
-                           size: int | None = None, seed: int = 0, rule: str = "position", name: str | None = None,
-                           overwrite: bool = False) -> Path:
+                           size: int | Sequence[int] | None = None, seed: int = 0, rule: str = "position",
+                           name: str | None = None, overwrite: bool = False) -> Path:
     """Write ``raw_root/DatasetXXX_<name>`` (nnU-Net v2 raw format + reports) and return its path.
+
+    size: the image edge, or one edge per array axis ((row, column) in 2D, (z, y, x) in 3D).
 
     The dataset is built in a hidden temporary folder next to it and renamed at the end, so an
     interrupted run leaves no half-written dataset behind.
@@ -301,8 +381,18 @@ def make_synthetic_dataset(raw_root: Path, dataset_id: int, dim: int = 2, num_tr
     if num_train < 1 or num_test < 0:
         raise ValueError(f"need num_train >= 1 and num_test >= 0, got {num_train} and {num_test}")
     size = DEFAULT_SIZE[dim] if size is None else size
-    if size < 24:
+    shape = (int(size),) * dim if np.isscalar(size) else tuple(int(s) for s in size)
+    if len(shape) != dim:
+        raise ValueError(f"size must be one edge or {dim} edges for {dim}D images, got {size}")
+    if min(shape) < 24:
         raise ValueError(f"size must be >= 24 so the objects stay separated, got {size}")
+    if rule == "lateral":
+        # the largest (enlarged, stretched) kidney must fit inside its half of the left-right axis
+        extent = BASE_RADIUS[dim] * min(shape) * 1.1 * LATERAL_ENLARGEMENT * 1.15
+        if shape[_LR_AXIS[dim]] / 2 < 2 * extent + 4:
+            raise ValueError(f"rule 'lateral' needs a longer left-right edge (array axis {_LR_AXIS[dim]}) than "
+                             f"{shape[_LR_AXIS[dim]]} for {'x'.join(map(str, shape))} images: at least "
+                             f"{int(np.ceil(4 * extent + 8))}")
     name = name or f"SynthVL{dim}D"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
         raise ValueError(f"dataset name {name!r} may only contain letters, digits, '_' and '-'")
@@ -320,7 +410,7 @@ def make_synthetic_dataset(raw_root: Path, dataset_id: int, dim: int = 2, num_tr
 
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=raw_root))
     try:
-        _write_dataset(partial, dim, num_train, num_test, size, seed, rule, name)
+        _write_dataset(partial, dim, num_train, num_test, shape, seed, rule, name)
         if folder.exists():
             # move the old dataset aside first so a failure never leaves neither version in place
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=raw_root))

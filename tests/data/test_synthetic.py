@@ -282,3 +282,102 @@ def test_interrupted_write_leaves_nothing_behind(tmp_path, monkeypatch):
         make_synthetic_dataset(tmp_path, 7, num_train=6, num_test=2, seed=9, overwrite=True)
     assert {f: (folder / f).read_bytes() for f in _files(folder)} == before
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+
+
+# ----- the lateral rule: a bilateral label pair (benchmarks/laterality.py) -----------------------------------------
+LATERAL_SHAPES = {2: (48, 48), 3: (32, 32, 32)}
+
+
+@pytest.fixture(scope="module")
+def lateral(tmp_path_factory):
+    """lateral(dim, shape) -> (folder, cases as (case id, image, label, report)); small, generated once each."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("raw_lateral")
+
+    def get(dim: int, shape: tuple[int, ...]):
+        if (dim, shape) not in cache:
+            folder = make_synthetic_dataset(root, 60 + len(cache), dim=dim, num_train=24, num_test=4, size=shape,
+                                            rule="lateral", seed=11)
+            meta = json.loads((folder / "dataset.json").read_text())
+            reports = json.loads((folder / "reports.json").read_text())
+            io, ending, cases = _io(dim), meta["file_ending"], []
+            for split in ("Tr", "Ts"):
+                for label_file in sorted((folder / f"labels{split}").iterdir()):
+                    case_id = label_file.name[: -len(ending)]
+                    image, _ = io.read_images([str(folder / f"images{split}" / f"{case_id}_0000{ending}")])
+                    label, _ = io.read_seg(str(label_file))
+                    squeeze = (lambda a: a[0, 0]) if dim == 2 else (lambda a: a[0])
+                    cases.append((case_id, squeeze(image), squeeze(label), reports[case_id]))
+            cache[dim, shape] = folder, cases
+        return cache[dim, shape]
+
+    return get
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_lateral_labels_are_a_pair_the_planner_detects(lateral, dim):
+    from nnunet_vl.text.laterality import dataset_lateral_pairs
+
+    folder, cases = lateral(dim, LATERAL_SHAPES[dim])
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "kidney_left": 1, "kidney_right": 2}
+    assert meta["synthetic_rule"] == "lateral" and set(meta["label_texts"]) == set(meta["labels"])
+    assert all(set(c) == CONCEPTS for c in meta["label_texts"].values())
+    pairs, source = dataset_lateral_pairs(meta, meta["label_texts"])
+    assert pairs == [("kidney_left", "kidney_right")] and "detected" in source
+    assert len(get_filenames_of_train_images_and_targets(str(folder), meta)) == 24
+    assert len(cases) == 28
+
+
+@pytest.mark.parametrize("dim,shape", [(2, (48, 48)), (3, (32, 32, 32)), (3, (24, 24, 48))])
+def test_lateral_objects_lie_on_their_side_of_the_planners_left_right_axis(lateral, dim, shape):
+    """Each label is one object in its half of the axis the planner calls left-right (3D: from the NIfTI direction
+    cosines, LPS: patient's left = high x; 2D PNG: the last axis, 'left' = low column as in the other rules)."""
+    from nnunet_vl.planning.planners import direction_axes_from_geometry
+
+    folder, cases = lateral(dim, shape)
+    ending = ".png" if dim == 2 else ".nii.gz"
+    _, props = _io(dim).read_images([str(folder / "imagesTr" / f"case_000_0000{ending}")])
+    axes, _ = direction_axes_from_geometry(props, [0, 1, 2])
+    lr_axis = axes["left_right"] - (1 if dim == 2 else 0)  # a 2D configuration sees axes 1 and 2
+    assert lr_axis == dim - 1
+    half = shape[lr_axis] / 2
+    for case_id, image, label, _ in cases:
+        assert image.shape == shape and set(np.unique(label)) == {0, 1, 2}
+        for value, side in ((1, "left"), (2, "right")):
+            assert ndimage.label(label == value)[1] == 1, f"{case_id}: {side} kidney is not one object"
+            center = ndimage.center_of_mass(label == value)[lr_axis]
+            on_high_half = center > half
+            assert on_high_half == (side == "left" if dim == 3 else side == "right"), f"{case_id}: {side} kidney"
+        assert ndimage.label(image > 120)[1] == 2, f"{case_id}: objects merged or missing"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_lateral_report_names_one_side_whose_kidney_is_enlarged(lateral, dim):
+    _, cases = lateral(dim, LATERAL_SHAPES[dim])
+    named_sides = []
+    for case_id, image, label, report in cases:
+        words = set(re.findall(r"[a-z]+", report.lower()))
+        sides = words & LR_WORDS
+        assert len(sides) == 1 and "kidney" in words, f"{case_id}: {report!r}"
+        named = sides.pop()
+        other = "right" if named == "left" else "left"
+        value = {"left": 1, "right": 2}
+        assert (label == value[named]).sum() > 1.05 * (label == value[other]).sum(), f"{case_id}: {report!r}"
+        # both kidneys look alike apart from size: same brightness distribution
+        assert abs(image[label == 1].mean() - image[label == 2].mean()) < 40
+        named_sides.append(named)
+    assert 0.2 < named_sides.count("left") / len(named_sides) < 0.8
+
+
+def test_lateral_rule_is_deterministic_and_sizes_are_checked(tmp_path):
+    kwargs = dict(dataset_id=2, dim=3, num_train=2, num_test=1, rule="lateral", size=(24, 24, 40))
+    a = make_synthetic_dataset(tmp_path / "a", seed=1, **kwargs)
+    b = make_synthetic_dataset(tmp_path / "b", seed=1, **kwargs)
+    assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in _files(a))
+    with pytest.raises(ValueError, match="3 edges"):
+        make_synthetic_dataset(tmp_path / "c", 3, dim=3, size=(32, 32), rule="lateral")
+    with pytest.raises(ValueError, match=">= 24"):
+        make_synthetic_dataset(tmp_path / "c", 3, dim=3, size=(16, 32, 32), rule="lateral")
+    with pytest.raises(ValueError, match="longer left-right edge"):
+        make_synthetic_dataset(tmp_path / "c", 3, dim=3, size=24, rule="lateral")
