@@ -63,8 +63,10 @@ class nnUNetPredictorVL(TextPredictor):
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-        if getattr(recursive_find_trainer_class_by_name(self.trainer_name), "text_mode", "report") == "none":
+        trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
+        if getattr(trainer_class, "text_mode", "report") == "none":
             self.text_mode = "none"  # a _noText model never saw a report
+        self.image_positions = getattr(trainer_class, "image_positions", True)
         self._remember_model_settings()
         if self.save_attention and "return_attention" not in inspect.signature(unwrap(self.network).forward).parameters:
             raise ValueError(f"--save-attention needs a model with attention maps (nnUNetTrainerTMCA*); "

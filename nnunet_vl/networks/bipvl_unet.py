@@ -109,7 +109,8 @@ class BiPVLUNet(nn.Module):
             if i is None:
                 return features
             hidden = self.text_branch.run_chunk(i, hidden, layer_mask)
-            features, hidden = run_block(self.fusion[i], k in self.recompute_stages, features, hidden, mask)
+            features, hidden = run_block(self.fusion[i], k in self.recompute_stages, features, hidden, mask,
+                                         text.place)
             if return_aux:
                 visual[f"visual_{k}"] = features
                 visual[f"projection_{k}"] = self.visual_projections[i].weight

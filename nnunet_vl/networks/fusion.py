@@ -7,7 +7,6 @@ update is then computed there and interpolated back to the stage's grid.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence, Type
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_vl.networks.pooling import pool_grid, pool_kernel, upsample
+from nnunet_vl.networks.positions import fourier_features, token_coordinates
 
 
 def fusion_width(stage_channels: int, fusion_dim: int, fusion_heads: int) -> tuple[int, int]:
@@ -88,14 +88,12 @@ class TwoWayFusionLayer(nn.Module):
 
 
 def coordinate_encoding(
-    spatial_shape: tuple[int, ...], num_frequencies: int, device: torch.device, dtype: torch.dtype
+    spatial_shape: tuple[int, ...], num_frequencies: int, device: torch.device, dtype: torch.dtype,
+    place: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(N, ndim * (1 + 2F)): voxel coordinates normalised to [-1, 1] per axis and their sin/cos at F octaves."""
-    axes = [torch.linspace(-1.0, 1.0, n, device=device) if n > 1 else torch.zeros(1, device=device)
-            for n in spatial_shape]
-    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
-    angles = coords[..., None] * (math.pi * 2.0 ** torch.arange(num_frequencies, device=device))
-    return torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1).to(dtype)
+    """(N, ndim * (1 + 2F)) voxel-centre coordinates normalised to [-1, 1] per axis and their sin/cos at F octaves;
+    (B, N, ...) in image coordinates given the patches' place (B, ndim, 2) (networks.positions)."""
+    return fourier_features(token_coordinates(spatial_shape, device, place), num_frequencies).to(dtype)
 
 
 class BidirectionalFusionBlock(nn.Module):
@@ -103,7 +101,8 @@ class BidirectionalFusionBlock(nn.Module):
 
     Image features are projected to `dim` by a 1x1 conv (`conv_op`, so 2D and 3D alike) and get a
     learned projection of their normalised voxel coordinates added, so words such as "left" or
-    "upper" can be tied to positions (coordinates are relative to the patch). Text is projected to
+    "upper" can be tied to positions (relative to the whole image when the patch's `place` in it is given, else
+    to the patch; networks.positions). Text is projected to
     `dim` by a linear layer. After `depth` two-way layers both are projected back to their own width
     and added through zero-initialised per-channel tanh gates: at initialisation the block is the
     identity for the image and for the text.
@@ -140,14 +139,15 @@ class BidirectionalFusionBlock(nn.Module):
         self.text_gate = nn.Parameter(torch.zeros(text_channels))
 
     def forward(
-        self, image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+        self, image: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, place: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image (B, Ci, *spatial), text (B, T, Ct), text_mask (B, T) bool (True = real token) -> same shapes."""
+        """image (B, Ci, *spatial), text (B, T, Ct), text_mask (B, T) bool (True = real token), place (B, ndim, 2)
+        or None -> same shapes."""
         b, _, *spatial = image.shape
         pooled = pool_grid(image, self.pool)
         grid = tuple(pooled.shape[2:])
         tokens = self.image_in(pooled).flatten(2).transpose(1, 2)
-        position = coordinate_encoding(grid, self.num_frequencies, image.device, tokens.dtype)
+        position = coordinate_encoding(grid, self.num_frequencies, image.device, tokens.dtype, place)
         tokens = tokens + self.position(position)
         text_tokens = self.text_in(text)
         key_mask = text_mask[:, None, None, :]

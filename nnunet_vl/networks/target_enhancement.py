@@ -1,8 +1,8 @@
 """TMCA language-guided target enhancement: report tokens re-weight one encoder stage toward the target.
 
 Image tokens (the stage features projected to `fusion_dim`, plus an encoding of their normalised
-coordinates, because reports locate targets with words like "left" or "upper") cross-attend to the
-report tokens. From what they attend to, each voxel gets a logit; its sigmoid is the spatial attention
+coordinates, in the whole image where the patch's place is known, because reports locate targets with words
+like "left" or "upper") cross-attend to the report tokens. From what they attend to, each voxel gets a logit; its sigmoid is the spatial attention
 map A. The stage output becomes
 
     features * (1 + tanh(attention_gate) * (2A - 1)) + tanh(text_gate) * projected attended text
@@ -17,7 +17,6 @@ interpolation and the modulation at full resolution.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence, Type
 
 import torch
@@ -27,12 +26,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_vl.networks.pooling import pool_grid, pool_kernel, upsample
-
-
-def normalised_coordinates(spatial_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """(N, dims) voxel-centre coordinates in [-1, 1], in the row-major order of `flatten`."""
-    axes = [(torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1 for n in spatial_shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial_shape))
+from nnunet_vl.networks.positions import fourier_features, token_coordinates
 
 
 class CoordinateEncoding(nn.Module):
@@ -40,14 +34,14 @@ class CoordinateEncoding(nn.Module):
 
     def __init__(self, dims: int, width: int, num_frequencies: int = 4) -> None:
         super().__init__()
-        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(num_frequencies), persistent=False)
+        self.num_frequencies = num_frequencies
         self.proj = nn.Linear(dims * (1 + 2 * num_frequencies), width)
 
-    def forward(self, spatial_shape: tuple[int, ...]) -> torch.Tensor:
-        """(N, width) encoding of every voxel of a grid of `spatial_shape`."""
-        coords = normalised_coordinates(spatial_shape, self.frequencies.device)
-        angles = (coords[..., None] * self.frequencies).flatten(1)
-        return self.proj(torch.cat([coords, angles.sin(), angles.cos()], dim=1))
+    def forward(self, spatial_shape: tuple[int, ...], place: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, width) encoding of every voxel of a grid of `spatial_shape`, relative to the patch; (B, N, width)
+        relative to the image given the patches' place (B, dims, 2) (networks.positions)."""
+        coords = token_coordinates(spatial_shape, self.proj.weight.device, place)
+        return self.proj(fourier_features(coords, self.num_frequencies))
 
 
 class TargetEnhancement(nn.Module):
@@ -92,13 +86,15 @@ class TargetEnhancement(nn.Module):
         self.text_gate = nn.Parameter(torch.zeros(channels))
 
     def forward(
-        self, features: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+        self, features: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+        place: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Enhance one stage output.
 
         features:    (B, C, *spatial) stage output
         text_tokens: (B, L, text_dim) report token states
         text_mask:   (B, L) 1 for real tokens, 0 for padding
+        place:       (B, dims, 2) the patches' place in their images, or None (positions relative to the patch)
         Returns the enhanced features (B, C, *spatial) and the attention map A (B, 1, *grid) in [0, 1] on the
         token grid (the stage's grid, or the pooled one).
         """
@@ -107,7 +103,7 @@ class TargetEnhancement(nn.Module):
         tokens = pool_grid(features, self.pool)
         grid = tuple(tokens.shape[2:])
         image = self.image_in(tokens).flatten(2).transpose(1, 2)  # (B, N, fusion_dim)
-        image = image + self.position(grid).to(image.dtype)
+        image = image + self.position(grid, place).to(image.dtype)
 
         attend = text_mask.bool()
         # an all-padding row would make the softmax NaN: let such a row see its first token

@@ -14,6 +14,8 @@ class TextInputs:
     class_ids, class_mask:     (C, Lc)     one full description per class, row 0 = background
     concept_ids, concept_mask: (C, K, Lk)  one sentence per concept (shape, location, ...) per class
     concept_present:           (C, K)      False where a class has no text for that concept
+    place:                     (B, dims, 2) where each sample's patch lies in its image (networks.positions), or
+                                            None: position encodings relative to the patch
     Masks are 1 for real tokens and 0 for padding.
     """
 
@@ -24,9 +26,11 @@ class TextInputs:
     concept_ids: torch.Tensor
     concept_mask: torch.Tensor
     concept_present: torch.Tensor
+    place: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TextInputs":
-        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
+                                if getattr(self, f.name) is not None})
 
     @property
     def batch_size(self) -> int:

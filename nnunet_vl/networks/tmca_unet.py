@@ -112,7 +112,7 @@ class TMCAUNet(nn.Module):
         )
         self.image_heads = nn.ModuleList(nn.Linear(channels[s], proj_dim, bias=False) for s in self.align_stages)
         conv_op = image_unet.encoder.conv_op
-        self._report_cache: dict[int, tuple[TextInputs, torch.Tensor]] | None = None
+        self._report_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.enhancements = nn.ModuleDict(
             {
                 str(s): TargetEnhancement(conv_op, channels[s], text_dim,
@@ -146,8 +146,9 @@ class TMCAUNet(nn.Module):
 
     @contextmanager
     def reusing_report_encoding(self) -> Iterator[None]:
-        """Within this context each TextInputs object's report is encoded once and reused (sliding-window
-        inference calls the network once per tile with the same text). Leave it before changing weights."""
+        """Within this context each report (its token-id tensor) is encoded once and reused (sliding-window
+        inference calls the network once per tile with the same report, each tile with its own place). Leave it
+        before changing weights."""
         self._report_cache = {}
         try:
             yield
@@ -169,12 +170,12 @@ class TMCAUNet(nn.Module):
     # the compiled code only depends on whether it hit.
     @torch.compiler.disable
     def _cached_report(self, text: TextInputs) -> torch.Tensor | None:
-        entry = self._report_cache.get(id(text))
+        entry = self._report_cache.get(id(text.report_ids))
         return None if entry is None else entry[1]
 
     @torch.compiler.disable
     def _cache_report(self, text: TextInputs, tokens: torch.Tensor) -> None:
-        self._report_cache[id(text)] = (text, tokens)  # holding text keeps its id from being reused
+        self._report_cache[id(text.report_ids)] = (text.report_ids, tokens)  # held, so its id is not reused
 
     def _forward_with_report(
         self, x: torch.Tensor, text: TextInputs
@@ -188,7 +189,7 @@ class TMCAUNet(nn.Module):
                 aux[f"features_l{self.align_stages.index(stage)}"] = features
             if stage in self.enhance_stages:
                 features, attention = run_block(self.enhancements[str(stage)], stage in self.recompute_stages,
-                                                features, tokens, text.report_mask)
+                                                features, tokens, text.report_mask, text.place)
                 stage_attention.append(attention)
             return features
 

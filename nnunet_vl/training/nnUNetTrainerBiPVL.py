@@ -44,6 +44,13 @@ class nnUNetTrainerBiPVL_naiveMirror(nnUNetTrainerBiPVL):
     swap_words_when_mirroring = False
 
 
+class nnUNetTrainerBiPVL_patchPositions(nnUNetTrainerBiPVL):
+    """Ablation: position encodings relative to each patch or tile, not to the whole image (what every patch-based
+    VL method does): where a patch covers part of the image, "left" then means the patch's left."""
+
+    image_positions = False
+
+
 class nnUNetTrainerBiPVL_5epochs(WithBudget, nnUNetTrainerBiPVL):
     budget = FIVE_EPOCHS
 
@@ -78,3 +85,7 @@ class nnUNetTrainerBiPVL_naiveMirror_cpu(WithBudget, nnUNetTrainerBiPVL_naiveMir
 
 class nnUNetTrainerBiPVL_naiveMirror_demo(WithBudget, nnUNetTrainerBiPVL_naiveMirror):
     budget = DEMO
+
+
+class nnUNetTrainerBiPVL_patchPositions_cpu(WithBudget, nnUNetTrainerBiPVL_patchPositions):
+    budget = CPU_SMOKE

@@ -37,6 +37,12 @@ class nnUNetTrainerTMCA_noText(nnUNetTrainerTMCA):
     text_mode = "none"
 
 
+class nnUNetTrainerTMCA_patchPositions(nnUNetTrainerTMCA):
+    """Ablation: enhancement positions relative to each patch or tile, not to the whole image."""
+
+    image_positions = False
+
+
 class nnUNetTrainerTMCA_5epochs(WithBudget, nnUNetTrainerTMCA):
     budget = FIVE_EPOCHS
 
@@ -63,3 +69,7 @@ class nnUNetTrainerTMCA_noText_demo(WithBudget, nnUNetTrainerTMCA_noText):
 
 class nnUNetTrainerTMCA_noText_5epochs(WithBudget, nnUNetTrainerTMCA_noText):
     budget = FIVE_EPOCHS
+
+
+class nnUNetTrainerTMCA_patchPositions_cpu(WithBudget, nnUNetTrainerTMCA_patchPositions):
+    budget = CPU_SMOKE

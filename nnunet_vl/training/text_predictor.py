@@ -6,14 +6,18 @@ extends it with trained model folders, reports and attention maps. So inference 
 """
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from dataclasses import replace
 from os.path import basename
 
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch import nn
 
+from nnunet_vl.networks.positions import mirror_place, place_of_box
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.text.directions import ANATOMICAL_AXES
 from nnunet_vl.text.provider import TEXT_MODES, TextProvider
@@ -37,8 +41,9 @@ class TextBoundNetwork(nn.Module):
 
 
 def _repeat(text: TextInputs, batch_size: int) -> TextInputs:
-    return TextInputs(text.report_ids.expand(batch_size, -1), text.report_mask.expand(batch_size, -1),
-                      text.class_ids, text.class_mask, text.concept_ids, text.concept_mask, text.concept_present)
+    place = None if text.place is None else text.place.expand(batch_size, -1, -1)
+    return replace(text, report_ids=text.report_ids.expand(batch_size, -1),
+                   report_mask=text.report_mask.expand(batch_size, -1), place=place)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -55,11 +60,16 @@ class TextPredictor(nnUNetPredictor):
 
     passes_text_to_network = True  # the network builder refuses nnU-Net's own predictor (refuse_stock_predictor)
 
-    def __init__(self, *args, text_mode: str = "report", **kwargs):
+    def __init__(self, *args, text_mode: str = "report", image_positions: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if text_mode not in TEXT_MODES:
             raise ValueError(f"unknown text mode '{text_mode}': use one of {TEXT_MODES}")
         self.text_mode = text_mode
+        # each tile's place in the (preprocessed) image goes to the network's position encodings; False: positions
+        # relative to the tile, for models trained so (the _patchPositions ablations)
+        self.image_positions = image_positions
+        self._tile_image: tuple[list[int], list[int]] | None = None  # spatial shape and padding below, per case
+        self._tile_slicers: deque = deque()
         self.text_provider: TextProvider | None = None
         self._case_text: TextInputs | None = None
         self._case_item: dict | None = None
@@ -116,43 +126,73 @@ class TextPredictor(nnUNetPredictor):
         return logits
 
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
-        """nnU-Net's sliding window; a network that can reuse the case's text encoding over tiles does so."""
+        """nnU-Net's sliding window; a network that can reuse the case's text encoding over tiles does so, and each
+        tile gets its place in the image (nnU-Net pads an image smaller than the patch evenly, as pad_nd_image)."""
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        shape = [int(n) for n in input_image.shape[-len(patch):]]
+        self._tile_image = (shape, [max(p - n, 0) // 2 for p, n in zip(patch, shape)])
         reuse = getattr(unwrap(self._vl_network()), "reusing_report_encoding", None)
-        with reuse() if reuse is not None else nullcontext():
-            return super().predict_sliding_window_return_logits(input_image)
+        try:
+            with reuse() if reuse is not None else nullcontext():
+                return super().predict_sliding_window_return_logits(input_image)
+        finally:
+            self._tile_image = None
+
+    def _internal_get_sliding_window_slicers(self, image_size: tuple[int, ...]):
+        return _TileOrder(super()._internal_get_sliding_window_slicers(image_size), self._tile_slicers)
+
+    def _next_tile_place(self) -> torch.Tensor | None:
+        """(dims, 2) place of the tile being predicted: nnU-Net's producer thread reads the slicers in the order the
+        tiles are predicted, and _TileOrder queues each one it hands out. None outside a sliding window."""
+        if self._tile_image is None or not self._tile_slicers:
+            return None
+        slicer = self._tile_slicers.popleft()
+        if not self.image_positions:
+            return None
+        shape, pad_below = self._tile_image
+        spatial = slicer[-len(shape):]
+        return place_of_box([sl.start - pad for sl, pad in zip(spatial, pad_below)],
+                            [sl.stop - sl.start for sl in spatial], shape)
 
     def _vl_network(self) -> nn.Module:
         """The VL network that `self.network` calls (subclasses may wrap it for the sliding window)."""
         return self.network
 
-    @contextmanager
-    def _network_with_case_text(self):
-        network = self.network
-        self.network = TextBoundNetwork(network, self._case_text)
-        try:
-            yield
-        finally:
-            self.network = network
-
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's test-time mirroring (the mean over x and x flipped along every combination of the allowed axes,
+        one network call each), written out here because each flipped call needs its own conditioning that nnU-Net's
+        loop cannot pass: the tile's place mirrored with it, and for a left-right flip the lateral pairs' channels
+        swapped back (the network labels the mirrored patient's left kidney a right kidney)."""
         if self._case_text is None:
             raise RuntimeError("no case selected: call select_case(case_id) before predicting")
-        with self._network_with_case_text():
-            axes = self.allowed_mirroring_axes if self.use_mirroring else None
-            if self._lateral is None or axes is None or self._lateral[0].left_right_axis not in axes:
-                return super()._internal_maybe_mirror_and_predict(x)
-            return self._mirror_and_predict_swapping_pairs(x, axes, *self._lateral)
+        place = self._next_tile_place()
+        axes = (self.allowed_mirroring_axes or ()) if self.use_mirroring else ()
+        if axes and max(axes) > x.ndim - 3:
+            raise ValueError(f"mirror axes {axes} do not match the {x.ndim - 2}D input")
+        combinations = [c for i in range(len(axes) + 1) for c in itertools.combinations(axes, i)]
+        prediction = None
+        for flipped in combinations:
+            text = self._case_text if place is None else replace(
+                self._case_text, place=mirror_place(place, flipped)[None].to(x.device))
+            dims = [a + 2 for a in flipped]  # x is (b, c, *spatial)
+            out = TextBoundNetwork(self.network, text)(torch.flip(x, dims) if dims else x)
+            out = torch.flip(out, dims) if dims else out
+            if self._lateral is not None and self._lateral[0].left_right_axis in flipped:
+                out = permute(out, self._lateral[1])
+            prediction = out if prediction is None else prediction + out
+        return prediction / len(combinations)
 
-    def _mirror_and_predict_swapping_pairs(self, x: torch.Tensor, axes: tuple[int, ...], lateral: LateralSwap,
-                                           permutation: list[int]) -> torch.Tensor:
-        """nnU-Net's mirrored average over every combination of `axes`, as two of its own averages over the other
-        axes: one of x, one of x flipped left-right whose lateral pairs' channels are swapped back (the network
-        labels the mirrored patient's left kidney as a right kidney). Same mean, same number of network calls."""
-        dim = lateral.left_right_axis + 2  # x is (b, c, *spatial)
-        self.allowed_mirroring_axes = tuple(a for a in axes if a != lateral.left_right_axis) or None
-        try:
-            straight = super()._internal_maybe_mirror_and_predict(x)
-            mirrored = torch.flip(super()._internal_maybe_mirror_and_predict(torch.flip(x, (dim,))), (dim,))
-        finally:
-            self.allowed_mirroring_axes = axes
-        return (straight + permute(mirrored, permutation)) / 2
+
+class _TileOrder(list):
+    """The sliding window's slicers. Iterating them (nnU-Net's producer thread does, once per attempt, in the order
+    the tiles are then predicted) queues each one for the tile place of its prediction."""
+
+    def __init__(self, slicers: list, queue: deque):
+        super().__init__(slicers)
+        self._queue = queue
+
+    def __iter__(self):
+        self._queue.clear()
+        for slicer in super().__iter__():
+            self._queue.append(slicer)
+            yield slicer

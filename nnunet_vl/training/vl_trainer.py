@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from os.path import join
 
 import numpy as np
@@ -20,6 +21,7 @@ from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to
 from torch import distributed as dist
 from torch import nn
 
+from nnunet_vl.networks.positions import mirror_place
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.text.cache import load_text_cache
 from nnunet_vl.text.directions import dataset_fixed_side_names
@@ -30,6 +32,7 @@ from nnunet_vl.training.lateral import LateralSwap, lateral_swap_from_text_plan,
 from nnunet_vl.training.progress import SEGMENTATION_TERM, add_text_terms_to_logger
 from nnunet_vl.training.text_predictor import TextBoundNetwork, TextPredictor, unwrap
 from nnunet_vl.training.network_builder import text_lr_factor, text_plan
+from nnunet_vl.training.patch_places import placed_data_loaders
 from nnunet_vl.training.warm_start import (load_image_unet_weights, pretrained_weights_file,
                                             refuse_stock_pretrained_weights)
 
@@ -52,6 +55,7 @@ class nnUNetTrainerVL(nnUNetTrainer):
     method: str = ""
     text_mode: str = "report"  # the _noText ablations train (and predict) with empty reports
     swap_words_when_mirroring: bool = True  # the _naiveMirror ablations mirror images but leave the words
+    image_positions: bool = True  # position encodings relative to the whole image (the _patchPositions ablations: patch)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -149,6 +153,11 @@ class nnUNetTrainerVL(nnUNetTrainer):
                                f"{'swapped with them' if self.swap_words_when_mirroring else 'NOT swapped (ablation)'}")
         return rotation, dummy_2d, initial_patch_size, None
 
+    def get_dataloaders(self):
+        """nnU-Net's data loaders, whose batches also say where each patch lies in its image (`place`)."""
+        with placed_data_loaders():
+            return super().get_dataloaders()
+
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         unwrap(self.network).image_unet.decoder.deep_supervision = enabled
 
@@ -174,10 +183,13 @@ class nnUNetTrainerVL(nnUNetTrainer):
             self.network, self.loss = network, seg_loss
 
     def _mirror(self, batch: dict) -> list[tuple[int, ...]]:
-        """Mirror each sample like nnU-Net's MirrorTransform (each allowed axis with p=0.5), in place; a left-right
+        """Mirror each sample like nnU-Net's MirrorTransform (each allowed axis with p=0.5), in place (the patches'
+        places too: a mirrored patch lies where it shows in the mirrored image); a left-right
         flip swaps the lateral pairs' label ids in every target (deep supervision included; region targets: the
         regions' channels) and, in a cascade, the pairs' one-hot channels of the previous stage's segmentation."""
         flips = [tuple(a for a in self.text_mirror_axes if torch.rand(1).item() < 0.5) for _ in batch["keys"]]
+        if batch.get("place") is not None:
+            batch["place"] = torch.stack([mirror_place(p, axes) for p, axes in zip(batch["place"], flips)])
         targets = batch["target"] if isinstance(batch["target"], list) else [batch["target"]]
         lateral = getattr(self, "lateral", None)
         for i, axes in enumerate(flips):
@@ -204,17 +216,22 @@ class nnUNetTrainerVL(nnUNetTrainer):
         """The batch's text after `_mirror`: direction words swapped where their axis was flipped."""
         return self.text_provider.inputs(keys, flips if self.swap_words_when_mirroring else None, self.text_mode)
 
+    def _with_place(self, text: TextInputs, batch: dict) -> TextInputs:
+        """The text with the batch's patch places (none for the _patchPositions ablations, or a batch without)."""
+        place = batch.get("place") if self.image_positions else None
+        return text if place is None else replace(text, place=place)
+
     def train_step(self, batch: dict) -> dict:
         flips = self._mirror(batch)
-        text = self.training_text(list(batch["keys"]), flips).to(self.device)
+        text = self._with_place(self.training_text(list(batch["keys"]), flips), batch).to(self.device)
         with self._text_bound(text, text_loss=True) as terms:
             result = super().train_step(batch)
         result.update({k: v.detach().float().cpu().numpy() for k, v in terms.items() if k != "total"})
         return result
 
     def validation_step(self, batch: dict) -> dict:
-        text = self.text_provider.inputs(list(batch["keys"]), mode=self.text_mode).to(self.device)
-        with self._text_bound(text, text_loss=False):
+        text = self._with_place(self.text_provider.inputs(list(batch["keys"]), mode=self.text_mode), batch)
+        with self._text_bound(text.to(self.device), text_loss=False):
             return super().validation_step(batch)
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
@@ -241,7 +258,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
         self.network.eval()
         predictor = TextPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                   perform_everything_on_device=True, device=self.device, verbose=False,
-                                  verbose_preprocessing=False, allow_tqdm=False, text_mode=self.text_mode)
+                                  verbose_preprocessing=False, allow_tqdm=False, text_mode=self.text_mode,
+                                  image_positions=self.image_positions)
         network = unwrap(self.network)
         predictor.manual_initialization(network, self.plans_manager, self.configuration_manager,
                                         [network.state_dict()], self.dataset_json, self.__class__.__name__,

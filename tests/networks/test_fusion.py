@@ -78,8 +78,8 @@ def test_coordinate_encoding() -> None:
     enc = coordinate_encoding((3, 4, 1), num_frequencies=2, device=torch.device("cpu"), dtype=torch.float32)
     assert enc.shape == (12, 3 * (1 + 2 * 2))
     coords = enc[:, :3].reshape(3, 4, 1, 3)
-    torch.testing.assert_close(coords[:, 0, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
-    torch.testing.assert_close(coords[0, :, 0, 1], torch.linspace(-1, 1, 4))
+    torch.testing.assert_close(coords[:, 0, 0, 0], torch.tensor([-2 / 3, 0.0, 2 / 3]))  # voxel centres
+    torch.testing.assert_close(coords[0, :, 0, 1], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
     assert torch.all(coords[..., 2] == 0)
 
 
