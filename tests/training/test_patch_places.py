@@ -136,3 +136,20 @@ def test_patch_positions_ablation_predicts_without_places():
     logits = predictor.predict_sliding_window_return_logits(torch.zeros(1, 1, 16, 8)).float()[:, 0]
     torch.testing.assert_close(logits[:, 8:], token_coordinates((8, 8), torch.device("cpu")).T.reshape(2, 8, 8),
                                atol=ATOL, rtol=0)
+
+
+def test_trainer_loaders_carry_places_through_the_augmentation_workers(planned_2d, nnunet_folders, vl_trainer,
+                                                                       monkeypatch):
+    """nnU-Net's get_dataloaders builds the loader inside the trainer; batches from its worker processes (and from
+    the single-threaded path) hold the places."""
+    trainer = vl_trainer("nnUNetTrainerBiPVL_cpu", nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D")
+    for workers in ("1", "0"):
+        monkeypatch.setenv("nnUNet_n_proc_DA", workers)
+        train, val = trainer.get_dataloaders()
+        try:
+            for batch in (next(train), next(val)):
+                assert batch["place"].shape == (trainer.batch_size, 2, 2)
+                assert torch.all(batch["place"][:, :, 1] > 0)
+        finally:
+            for loader in (train, val):
+                getattr(loader, "_finish", lambda: None)()
