@@ -1,0 +1,652 @@
+"""Real 3D data: left-atrium LGE-MRI (80 volumes, one foreground class, a class description, no reports: BiPVL-Seg's
+own setting). Does the class text help as a prior, or at least cost nothing, at one CPU budget?
+
+Steps, each the command a user would type, with nnU-Net's folders in the work directory:
+- convert the shared folder to two nnU-Net raw datasets (images and labels are symlinks, nothing is copied):
+  Dataset960_LeftAtrium with the folder's `label_texts` (the description), and Dataset961_LeftAtriumNameOnly, same
+  images, whose `label_texts` is only the label name (the ablation: the text branch without the description's words);
+- `nnunet_vl check`, then `nnUNetv2_plan_and_preprocess_vl -c 3d_fullres` for each (the image part of both plans
+  must be the same; the script checks it);
+- one splits_final.json (nnU-Net's own 5-fold split, seed 12345) written for the first dataset and copied to the
+  second, so fold 0 is the same 64 / 16 cases in every row;
+- `nnUNetv2_train D 3d_fullres 0 -tr <budget trainer>` per row: nnUNetTrainer, nnUNetTrainerBiPVL with each
+  class-text option, BiPVL on the name-only dataset. The budget trainers are written into the work dir
+  (nnUNet_extTrainer); nnU-Net's own final validation predicts fold 0's validation cases (test-time mirroring,
+  as nnU-Net does) and scores them with nnU-Net's evaluation (validation/summary.json: Dice, per case).
+- time per epoch: nnU-Net's "Epoch time" log lines; peak memory: the max RSS of the `nnUNetv2_train` process as the
+  kernel reports it to os.wait4 (ru_maxrss: the largest of that process and the worker processes it reaped, not
+  their sum; the final validation included).
+
+Rows resume one by one: a scored row is reused, a trained one only validated (--val), an interrupted one continues
+(--c). nnU-Net's training is not seeded: one run per row; `--repeat N` adds runs 2..N as further rows (trainer name
+suffix `_run<k>`, own output folders), resumable like the first. Writes <out>/real3d.{json,md,png}.
+
+    python benchmarks/real3d.py                          # 10 epochs x 50 iterations, 1 run per row
+    python benchmarks/real3d.py --repeat 2               # a second run of every row (adds rows; the first are reused)
+    python benchmarks/real3d.py --smallest               # plumbing check: 8 train / 4 val, 1 x 2 iterations
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SRC = REPO.parent / "shared" / "data" / "la_mri_stride2"
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+DEFAULT_WORKDIR = DEFAULT_OUT / "work_real3d"
+DEFAULT_WORKDIR_SMALLEST = DEFAULT_OUT / "work_real3d_smallest"
+CONFIGURATION = "3d_fullres"
+PLANS = "nnUNetPlans"
+TRAINER_MODULE = "real3d_budgets.py"
+DATASETS = {"description": (960, "LeftAtrium"), "name_only": (961, "LeftAtriumNameOnly")}
+SPLIT_SEED = 12345  # nnU-Net's own seed for splits_final.json
+SMALLEST_SIZES = {"train": 8, "val": 4}
+SMALLEST_BUDGET = (1, 2, 1)  # epochs, iterations, validation iterations per epoch
+GOAL_MARGIN = 0.005  # Dice: every VL row >= image-only - 0.5 points
+GOAL = "every VL row's mean Dice >= image-only's - 0.5 Dice points, same budget, same fold-0 validation cases"
+TMCA_REASON = ("not run: TMCA reads only reports and this dataset has none, so its text is one empty report for "
+               "every case and carries no information (its trainer logs this); --tmca trains it as an architecture "
+               "control")
+
+
+@dataclass(frozen=True)
+class ClassTextOption:
+    """One way BiPVL reads a class description. `key` None: the plans as planned; else a plans copy whose
+    configuration's text section has `key` = `value` (identifier `nnUNetPlans_classtext_<value>`). An option whose
+    key appears in no preset nor planning source is listed as not built."""
+
+    name: str
+    label: str
+    key: str | None = None
+    value: str | None = None
+
+
+CLASS_TEXT_OPTIONS = (
+    ClassTextOption("token", "one token per class (mean of word embeddings)"),
+    ClassTextOption("sentences", "descriptions read as sentences through the fusion", "class_text", "sentences"),
+)
+OPTION_SOURCES = (REPO / "nnunet_vl" / "planning", REPO / "planners")
+
+
+def _say(started: float, message: str) -> None:
+    print(f"[{time.time() - started:6.0f}s] {message}", flush=True)
+
+
+# ----- class-text options ------------------------------------------------------------------------------------
+def option_built(option: ClassTextOption, sources: tuple[Path, ...] = OPTION_SOURCES) -> bool:
+    """Whether the option exists: no key (the default), or its key quoted in a preset (.json) or planning source."""
+    if option.key is None:
+        return True
+    pattern = re.compile(rf"[\"']{re.escape(option.key)}[\"']")
+    for root in sources:
+        for file in sorted(Path(root).rglob("*")):
+            if file.suffix in (".py", ".json") and pattern.search(file.read_text(encoding="utf-8", errors="replace")):
+                return True
+    return False
+
+
+def option_plans(preprocessed: Path, option: ClassTextOption) -> str:
+    """The plans identifier of a class-text option (a copy of nnUNetPlans, same data identifier, when it sets a key)."""
+    if option.key is None:
+        return PLANS
+    plans = json.loads((preprocessed / f"{PLANS}.json").read_text(encoding="utf-8"))
+    identifier = f"{PLANS}_classtext_{option.value}"
+    plans["plans_name"] = identifier
+    plans["configurations"][CONFIGURATION].setdefault("text", {})[option.key] = option.value
+    target = preprocessed / f"{identifier}.json"
+    if not target.is_file() or json.loads(target.read_text(encoding="utf-8")) != plans:
+        target.write_text(json.dumps(plans, indent=1) + "\n", encoding="utf-8")
+    return identifier
+
+
+# ----- data ------------------------------------------------------------------------------------------------------
+def source_cases(src: Path) -> list[str]:
+    ending = json.loads((src / "dataset.json").read_text())["file_ending"]
+    return sorted(f.name[: -len(ending)] for f in (src / "labelsTr").iterdir() if f.name.endswith(ending))
+
+
+def fold_splits(cases: list[str], smallest: bool) -> list[dict[str, list[str]]]:
+    """nnU-Net's 5-fold split of all source cases (what nnUNetv2_train would write); --smallest: one fold of 8 of
+    fold 0's training and 4 of its validation cases."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    splits = generate_crossval_split(sorted(cases), seed=SPLIT_SEED, n_splits=5)
+    if not smallest:
+        return splits
+    fold0 = splits[0]
+    return [{"train": sorted(fold0["train"])[:SMALLEST_SIZES["train"]],
+             "val": sorted(fold0["val"])[:SMALLEST_SIZES["val"]]}]
+
+
+def convert(src: Path, raw_root: Path, dataset_id: int, name: str, label_texts: dict | None, cases: list[str],
+            started: float) -> Path:
+    """A raw dataset of symlinks to the source's images and labels; dataset.json is the source's, with `label_texts`
+    replaced when given. Reused when an earlier run wrote the same dataset.json."""
+    source_json = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
+    ending = source_json["file_ending"]
+    dataset_json = dict(source_json, numTraining=len(cases), source={"converted_from": str(src)})
+    if label_texts is not None:
+        dataset_json["label_texts"] = label_texts
+    folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
+    if (folder / "dataset.json").is_file() and json.loads((folder / "dataset.json").read_text()) == dataset_json:
+        _say(started, f"using existing dataset {folder}")
+        return folder
+    _say(started, f"converting {src} -> {folder} ({len(cases)} cases, symlinks)")
+    shutil.rmtree(folder, ignore_errors=True)
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    channels = sorted(source_json["channel_names"], key=int)
+    for case in cases:
+        for c in channels:
+            image = f"{case}_{int(c):04d}{ending}"
+            os.symlink(src / "imagesTr" / image, folder / "imagesTr" / image)
+        os.symlink(src / "labelsTr" / f"{case}{ending}", folder / "labelsTr" / f"{case}{ending}")
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def name_only_texts(src: Path) -> dict[str, str]:
+    """Every foreground label's text is its own name ({"left atrium": "left atrium"})."""
+    labels = json.loads((src / "dataset.json").read_text())["labels"]
+    return {name: name.replace("_", " ") for name in labels if name != "background"}
+
+
+def plan(dataset_id: int, preprocessed: Path, encoder: str, env: dict, log: Path, started: float) -> dict:
+    """`nnunet_vl check` and `nnUNetv2_plan_and_preprocess_vl -c 3d_fullres` unless complete plans for this encoder
+    exist; returns the plans."""
+    from nnunet_vl.cli.demo import _bin, _run
+
+    plans_file = preprocessed / f"{PLANS}.json"
+    if plans_file.is_file():
+        plans = json.loads(plans_file.read_text())
+        config = plans["configurations"].get(CONFIGURATION, {})
+        data = preprocessed / config.get("data_identifier", f"{PLANS}_{CONFIGURATION}")
+        expected = json.loads((preprocessed / "dataset.json").read_text())["numTraining"] \
+            if (preprocessed / "dataset.json").is_file() else -1
+        if config.get("text", {}).get("encoder") == encoder and data.is_dir() \
+                and len(list(data.glob("*.pkl"))) == expected:
+            _say(started, f"using existing plans {plans_file}")
+            return plans
+    _run(f"check {dataset_id}", [_bin("nnunet_vl"), "check", "-d", str(dataset_id), "--text-encoder", encoder], env,
+         log, started)
+    _run(f"plan and preprocess {dataset_id}", [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c",
+                                               CONFIGURATION, "-np", "1", "-npfp", "1", "--text-encoder", encoder],
+         env, log, started)
+    return json.loads(plans_file.read_text())
+
+
+def image_part(plans: dict) -> dict:
+    """The configuration as nnU-Net's planner wrote it (the text section left out)."""
+    return {k: v for k, v in plans["configurations"][CONFIGURATION].items() if k != "text"}
+
+
+def write_splits(target: Path, splits: list[dict], started: float) -> None:
+    if not target.is_file() or json.loads(target.read_text()) != splits:
+        _say(started, f"writing {target}")
+        target.write_text(json.dumps(splits, indent=2) + "\n", encoding="utf-8")
+
+
+# ----- rows and training ------------------------------------------------------------------------------------------
+def budget_name(epochs: int, iterations: int) -> str:
+    return f"{epochs}x{iterations}"
+
+
+def trainer_name(base: str, epochs: int, iterations: int, run: int) -> str:
+    """nnUNetTrainerBiPVL_10x50, nnUNetTrainerBiPVL_10x50_run2, ..."""
+    return f"{base}_{budget_name(epochs, iterations)}" + (f"_run{run}" if run > 1 else "")
+
+
+def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterations: int, runs: int) -> None:
+    """One class per (model, run) in `folder`, found by nnU-Net through nnUNet_extTrainer. Runs differ only by name
+    (their own output folders); nnU-Net's final validation is kept: it is the score."""
+    bases = {"nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
+             "nnUNetTrainerBiPVL": "nnunet_vl.training.nnUNetTrainerBiPVL",
+             "nnUNetTrainerTMCA": "nnunet_vl.training.nnUNetTrainerTMCA"}
+    lines = ['"""Budget variants for benchmarks/real3d.py (written by it)."""',
+             "from nnunet_vl.training.budgets import Budget, WithBudget"]
+    lines += [f"from {module} import {base}" for base, module in bases.items()] + [""]
+    for run in range(1, runs + 1):
+        for base in bases:
+            lines += [f"class {trainer_name(base, epochs, iterations, run)}(WithBudget, {base}):",
+                      f"    budget = Budget({epochs}, {iterations}, {val_iterations})", ""]
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines)
+    target = folder / TRAINER_MODULE
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+
+
+def plan_rows(epochs: int, iterations: int, runs: int, tmca: bool,
+              options: tuple[ClassTextOption, ...] = CLASS_TEXT_OPTIONS,
+              sources: tuple[Path, ...] = OPTION_SOURCES) -> list[dict]:
+    """Every row of the table, run or not: per run image-only, BiPVL per class-text option, BiPVL name only, TMCA."""
+    rows = []
+    for run in range(1, runs + 1):
+        def row(label: str, base: str, dataset: str, vl: bool, **extra) -> dict:
+            return {"row": label, "run": run, "trainer": trainer_name(base, epochs, iterations, run),
+                    "dataset": dataset, "vl": vl, "group": extra.pop("group"), **extra}
+
+        rows.append(row("nnU-Net (image only)", "nnUNetTrainer", "description", False, group="image"))
+        for option in options:
+            entry = row(f"BiPVL, class text: {option.label}", "nnUNetTrainerBiPVL", "description", True,
+                        group=f"bipvl_{option.name}", option=option.name)
+            if not option_built(option, sources):
+                entry["status"] = "not run (option not built)"
+            rows.append(entry)
+        rows.append(row(f"BiPVL, class text = label name only ({options[0].label})", "nnUNetTrainerBiPVL",
+                        "name_only", True, group="bipvl_name_only", option=options[0].name))
+        entry = row("TMCA (no reports: empty text)", "nnUNetTrainerTMCA", "description", True, group="tmca")
+        if not tmca:
+            entry["status"] = TMCA_REASON
+        rows.append(entry)
+    return rows
+
+
+def fold_dir(results: Path, trainer: str, plans_id: str) -> Path:
+    return results / f"{trainer}__{plans_id}__{CONFIGURATION}" / "fold_0"
+
+
+def run_measured(step: str, cmd: list[str], env: dict, log: Path, started: float, progress=None) -> float:
+    """demo's _run (output appended to log, one line per epoch printed) that also returns the process's max RSS in
+    MB (os.wait4's ru_maxrss: the largest of the process and its reaped children)."""
+    print(f"[{time.time() - started:6.0f}s] {step}: {' '.join(cmd)}", flush=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   errors="replace", bufsize=1)
+        for line in process.stdout:
+            f.write(line)
+            if progress is not None and (summary := progress.feed(line)) is not None:
+                print(summary, flush=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log.read_text(encoding="utf-8").splitlines()[-30:]
+        raise RuntimeError(f"step '{step}' failed (exit {process.returncode}); last lines of {log}:\n" + "\n".join(tail))
+    return usage.ru_maxrss / 1024  # Linux: kB
+
+
+class RunRecords:
+    """Per trained row, kept in the work dir: seconds and max RSS of each nnUNetv2_train invocation (fresh, --c, --val)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: dict[str, list[dict]] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def add(self, key: str, kind: str, seconds: float, peak_mb: float) -> None:
+        self.rows.setdefault(key, []).append({"kind": kind, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb)})
+        self.path.write_text(json.dumps(self.rows, indent=1) + "\n", encoding="utf-8")
+
+
+def train_row(dataset_id: int, trainer: str, plans_id: str, results: Path, env: dict, log: Path, started: float,
+              records: RunRecords, epochs: int) -> None:
+    """Train + validate one row on fold 0: skip when scored, only --val when trained, --c when interrupted."""
+    from nnunet_vl.cli.demo import EpochProgress, _bin
+
+    folder = fold_dir(results, trainer, plans_id)
+    if (folder / "validation" / "summary.json").is_file():
+        _say(started, f"{trainer} ({plans_id}, dataset {dataset_id}): already trained and scored")
+        return
+    kind = "validate" if (folder / "checkpoint_final.pth").is_file() else \
+        "continue" if (folder / "checkpoint_latest.pth").is_file() else "train"
+    extra = {"validate": ["--val"], "continue": ["--c"], "train": []}[kind]
+    t0 = time.time()
+    peak = run_measured(f"{kind} {trainer}", [_bin("nnUNetv2_train"), str(dataset_id), CONFIGURATION, "0", "-tr",
+                                              trainer, "-p", plans_id, "-device", "cpu", *extra], env, log, started,
+                        EpochProgress(epochs, started))
+    records.add(f"{dataset_id}/{trainer}/{plans_id}", kind, time.time() - t0, peak)
+
+
+_EPOCH_TIME = re.compile(r"Epoch time: ([\d.]+) s")
+
+
+def epoch_times(folder: Path) -> list[float]:
+    """nnU-Net's "Epoch time" of every epoch in the fold's training logs (oldest log first)."""
+    times: list[float] = []
+    for log in sorted(folder.glob("training_log_*.txt")):
+        times += [float(m.group(1)) for m in _EPOCH_TIME.finditer(log.read_text(encoding="utf-8", errors="replace"))]
+    return times
+
+
+def validation_scores(folder: Path) -> dict:
+    """Foreground-mean Dice and per-case Dice of nnU-Net's final validation (validation/summary.json)."""
+    summary = json.loads((folder / "validation" / "summary.json").read_text())
+    per_case = {}
+    for entry in summary["metric_per_case"]:
+        case = Path(entry["reference_file"]).name.split(".")[0]
+        per_case[case] = float(next(iter(entry["metrics"].values()))["Dice"])
+    return {"dice": float(summary["foreground_mean"]["Dice"]), "per_case_dice": per_case}
+
+
+# ----- comparisons (pure: tested without training) ----------------------------------------------------------------
+def _t975(df: int) -> float:
+    """Two-sided 95% Student t quantile."""
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, df))
+    except ImportError:  # pragma: no cover - scipy comes with nnU-Net
+        return 1.96
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> dict:
+    """Per-case differences a - b in Dice points over the cases both have: mean, SD, 95% t interval, range, wins."""
+    cases = sorted(set(a) & set(b))
+    diffs = [100 * (a[c] - b[c]) for c in cases]
+    n = len(diffs)
+    out = {"n": n, "per_case_points": dict(zip(cases, [round(d, 3) for d in diffs]))}
+    if n == 0:
+        return out
+    mean = sum(diffs) / n
+    sd = statistics.stdev(diffs) if n > 1 else float("nan")
+    half = _t975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+    out.update(mean=mean, sd=sd, ci95=[mean - half, mean + half], min=min(diffs), max=max(diffs),
+               median=statistics.median(diffs), wins=sum(d > 0 for d in diffs), ties=sum(d == 0 for d in diffs),
+               losses=sum(d < 0 for d in diffs))
+    return out
+
+
+def mean_over_runs(rows: list[dict]) -> dict[str, float]:
+    """Per-case Dice averaged over the done runs of one group (cases every run has)."""
+    done = [r["per_case_dice"] for r in rows if r.get("status") == "done"]
+    if not done:
+        return {}
+    cases = set.intersection(*(set(d) for d in done))
+    return {c: sum(d[c] for d in done) / len(done) for c in sorted(cases)}
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """Paired per-case differences: every done VL row - image-only of the same run; the description - name only
+    (what the description's words add); image-only run k - run 1 (run-to-run noise); with >1 run, the means over
+    runs."""
+    done = [r for r in rows if r.get("status") == "done"]
+    by = {(r["group"], r["run"]): r for r in done}
+    out = []
+    for r in done:
+        image = by.get(("image", r["run"]))
+        if r["vl"] and image is not None:
+            out.append({"what": f"{r['row']} − image only", "run": r["run"], "group": r["group"], "vs": "image",
+                        **paired(r["per_case_dice"], image["per_case_dice"])})
+    for r in done:
+        name_only = by.get(("bipvl_name_only", r["run"]))
+        if r["group"].startswith("bipvl_") and r["group"] != "bipvl_name_only" and name_only is not None:
+            out.append({"what": f"{r['row']} − BiPVL label name only", "run": r["run"], "group": r["group"],
+                        "vs": "bipvl_name_only", **paired(r["per_case_dice"], name_only["per_case_dice"])})
+    first = by.get(("image", 1))
+    for r in done:
+        if r["group"] == "image" and r["run"] > 1 and first is not None:
+            out.append({"what": f"image only run {r['run']} − run 1 (noise between runs)", "run": r["run"],
+                        "group": "image", "vs": "image_run1", **paired(r["per_case_dice"], first["per_case_dice"])})
+    runs = {r["run"] for r in done}
+    if len(runs) > 1:
+        groups = dict.fromkeys(r["group"] for r in done)
+        image = mean_over_runs([r for r in done if r["group"] == "image"])
+        for g in groups:
+            members = [r for r in done if r["group"] == g]
+            if g != "image" and image and len(members) > 1:
+                out.append({"what": f"{members[0]['row']} − image only, mean of {len(members)} runs", "run": "mean",
+                            "group": g, "vs": "image", **paired(mean_over_runs(members), image)})
+    return out
+
+
+def goal_check(rows: list[dict], pairs: list[dict], margin: float = GOAL_MARGIN) -> dict:
+    """Per VL row vs image-only of the same run: met when mean Dice >= image-only - margin; 'shown' when the paired
+    95% interval's lower end is above -margin too (else one fold cannot tell)."""
+    per_row = []
+    for p in pairs:
+        if p["vs"] != "image" or p["run"] == "mean" or p.get("n", 0) == 0:
+            continue
+        per_row.append({"what": p["what"], "run": p["run"], "mean_points": p["mean"],
+                        "met": bool(p["mean"] >= -100 * margin),
+                        "shown": bool(p["ci95"][0] >= -100 * margin) if p["n"] > 1 else False})
+    return {"statement": GOAL, "margin_points": 100 * margin, "per_row": per_row,
+            "met": bool(per_row) and all(x["met"] for x in per_row),
+            "shown": bool(per_row) and all(x["shown"] for x in per_row)}
+
+
+# ----- output -----------------------------------------------------------------------------------------------------
+def _pts(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.{digits}f}"
+
+
+def _num(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None or value != value:
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def epoch_summary(times: list[float]) -> str:
+    """'median s (first epoch s)'."""
+    if not times:
+        return "–"
+    return f"{statistics.median(times):.0f} (first {times[0]:.0f})"
+
+
+def reading(summary: dict) -> list[str]:
+    """What the text adds, in words computed from the results (no claim beyond them)."""
+    pairs, goal = summary["comparisons"], summary["goal"]
+    lines = ["How to read it:",
+             "- The class text is the same for every case and every sample (one foreground class, no reports), so it "
+             "cannot tell cases apart: at most it acts as a learned prior. A VL − image-only difference also contains "
+             "everything else that differs between the trainers (fusion blocks and gates, the contrastive loss, AdamW "
+             "instead of SGD); the label-name-only row has all of that and none of the description's words, so "
+             "description − name only is what the words add."]
+    n_val = summary["data"]["val"]
+    lines.append(f"- One fold of {n_val} validation cases is noisy: a paired 95% interval spanning ±1 point or more "
+                 f"does not resolve a 0.5-point goal. {summary['runs_note']}")
+    for p in pairs:
+        if p.get("n", 0) == 0:
+            continue
+        lines.append(f"- {p['what']} (run {p['run']}): {_num(p['mean'], sign=True)} points, 95% interval "
+                     f"[{_num(p['ci95'][0], sign=True)}, {_num(p['ci95'][1], sign=True)}], "
+                     f"{p['wins']} of {p['n']} cases better.")
+    if goal["per_row"]:
+        verdict = ("met and shown by the intervals" if goal["shown"] else
+                   "met on the means, not resolved by the intervals" if goal["met"] else "not met")
+        lines.append(f"- Goal ({goal['statement']}): **{verdict}**.")
+        words = [p for p in pairs if p["vs"] == "bipvl_name_only" and p.get("n", 0) > 1]
+        if words:
+            inside = all(p["ci95"][0] <= 0 <= p["ci95"][1] for p in words)
+            lines.append("- What the description adds over the label name: "
+                         + ("nothing this fold can tell apart from zero." if inside else
+                            "a difference whose interval excludes zero (see the rows above), at this budget only."))
+    else:
+        lines.append("- Goal: not evaluated (no VL row and image-only row of the same run are both done).")
+    return lines
+
+
+def markdown(summary: dict, command: str) -> str:
+    """The results table (every row, run or not), the paired differences and the reading."""
+    b, data = summary["budget"], summary["data"]
+    lines = ["## Real 3D: left atrium (LGE-MRI, class text only)", "",
+             f"Command: `{command}` ({summary['wall_time_s'] / 60:.1f} min this invocation). Dataset "
+             f"`{summary['dataset']}` (source `{summary['source']}`), `{CONFIGURATION}`, patch "
+             f"{'x'.join(map(str, b['patch_size']))}, batch {b['batch_size']}. Fold 0: {data['train']} training / "
+             f"{data['val']} validation cases, the same in every row. Budget: {b['epochs']} epochs x "
+             f"{b['iterations_per_epoch']} iterations ({b['val_iterations_per_epoch']} validation iterations per "
+             f"epoch) for every row. Dice: nnU-Net's final validation of fold 0 (test-time mirroring) scored by "
+             f"nnU-Net's evaluation, mean over cases, in %. Time per epoch: median of nnU-Net's \"Epoch time\" lines "
+             f"(first epoch in brackets). Peak memory: {summary['peak_memory_method']}. {summary['runs_note']}", "",
+             "| row | run | Dice (%) | per-case SD | s per epoch | peak RSS (MB) | training + validation (min) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        if row.get("status") != "done":
+            lines.append(f"| {row['row']} | {row['run']} | {row.get('status', 'not run')} | | | | |")
+            continue
+        values = list(row["per_case_dice"].values())
+        sd = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
+        peak = max((i["peak_rss_mb"] for i in row.get("invocations", [])), default=None)
+        minutes = sum(i["seconds"] for i in row.get("invocations", [])) / 60 if row.get("invocations") else None
+        lines.append(f"| {row['row']} | {row['run']} | {_pts(row['dice'])} | {_num(sd)} | "
+                     f"{epoch_summary(row.get('epoch_times_s', []))} | {'–' if peak is None else f'{peak:.0f}'} | "
+                     f"{_num(minutes, 1)} |")
+    pairs = [p for p in summary["comparisons"] if p.get("n", 0) > 0]
+    if pairs:
+        lines += ["", "Paired per-case differences (Dice points, same cases):", "",
+                  "| difference | run | n | mean | SD | 95% interval (t) | min / median / max | better / worse |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for p in pairs:
+            lines.append(f"| {p['what']} | {p['run']} | {p['n']} | {_num(p['mean'], sign=True)} | {_num(p['sd'])} | "
+                         f"[{_num(p['ci95'][0], sign=True)}, {_num(p['ci95'][1], sign=True)}] | "
+                         f"{_num(p['min'], sign=True)} / {_num(p['median'], sign=True)} / {_num(p['max'], sign=True)} "
+                         f"| {p['wins']} / {p['losses']} |")
+    lines += [""] + reading(summary) + ["", "![per-case Dice](real3d.png)"]
+    return "\n".join(lines)
+
+
+def figure(summary: dict, out: Path) -> None:
+    """Left: per-case Dice per done row, lines joining a case across rows, row means as bars. Right: per-case
+    differences to image-only of the same run, mean and 95% interval, the -0.5 goal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in summary["rows"] if r.get("status") == "done"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.3, 1]})
+    labels = [f"{r['row']}\n(run {r['run']})" for r in done]
+    cases = sorted(set.intersection(*(set(r["per_case_dice"]) for r in done))) if done else []
+    for case in cases:
+        left.plot(range(len(done)), [100 * r["per_case_dice"][case] for r in done], color="grey", lw=0.6, alpha=0.6,
+                  marker="o", ms=3)
+    for i, r in enumerate(done):
+        left.hlines(100 * r["dice"], i - 0.3, i + 0.3, color="C3", lw=2.5)
+    left.set_xticks(range(len(done)), labels, fontsize=7, rotation=20, ha="right")
+    left.set_ylabel("Dice (%) per validation case (red: mean)")
+    left.set_title(f"{summary['dataset']}, fold 0 ({summary['data']['val']} cases)", fontsize=10)
+    pairs = [p for p in summary["comparisons"] if p.get("n", 0) > 0 and p["vs"] in ("image", "bipvl_name_only",
+                                                                                   "image_run1")]
+    for i, p in enumerate(pairs):
+        values = list(p["per_case_points"].values())
+        right.scatter(values, [i] * len(values), s=12, color="grey", alpha=0.7)
+        if p["n"] > 1:
+            right.errorbar(p["mean"], i, xerr=[[p["mean"] - p["ci95"][0]], [p["ci95"][1] - p["mean"]]], fmt="D",
+                           color="C0", capsize=4)
+    right.axvline(0, color="black", lw=0.8)
+    right.axvline(-100 * GOAL_MARGIN, color="C3", lw=0.8, ls="--", label="goal: ≥ −0.5 vs image only")
+    right.set_yticks(range(len(pairs)), [f"{p['what']} (run {p['run']})" for p in pairs], fontsize=7)
+    right.set_xlabel("per-case difference (Dice points); mean with 95% interval")
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+# ----- the run ----------------------------------------------------------------------------------------------------
+def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_iterations: int, runs: int, tmca: bool,
+                  encoder: str, smallest: bool) -> dict:
+    from nnunet_vl.cli.demo import demo_environment
+
+    started = time.time()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = demo_environment(workdir)
+    trainer_folder = workdir / "real3d_trainers"
+    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(trainer_folder)])
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        os.environ[var] = env[var]
+    log = workdir / "real3d.log"
+    raw_root, pre_root, res_root = (Path(env[v]) for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+    records = RunRecords(workdir / "real3d_runs.json")
+
+    splits = fold_splits(source_cases(src), smallest)
+    cases = sorted(splits[0]["train"] + splits[0]["val"]) if smallest else source_cases(src)
+    folders, plans = {}, {}
+    texts = {"description": None, "name_only": name_only_texts(src)}
+    for key, (did, name) in DATASETS.items():
+        folders[key] = convert(src, raw_root, did, name, texts[key], cases, started)
+        plans[key] = plan(did, pre_root / folders[key].name, encoder, env, log, started)
+    if image_part(plans["description"]) != image_part(plans["name_only"]):
+        raise RuntimeError("the two datasets' plans differ outside the text section: the rows would not train the "
+                           "same U-Net")
+    first = pre_root / folders["description"].name / "splits_final.json"
+    write_splits(first, splits, started)
+    second = pre_root / folders["name_only"].name / "splits_final.json"
+    if not second.is_file() or second.read_text() != first.read_text():
+        shutil.copy2(first, second)
+    write_budget_trainers(trainer_folder, epochs, iterations, val_iterations, runs)
+
+    rows = plan_rows(epochs, iterations, runs, tmca)
+    options = {o.name: o for o in CLASS_TEXT_OPTIONS}
+    for row in rows:
+        if row.get("status"):
+            continue
+        key = row["dataset"]
+        did = DATASETS[key][0]
+        preprocessed = pre_root / folders[key].name
+        plans_id = option_plans(preprocessed, options[row["option"]]) if "option" in row else PLANS
+        results = res_root / folders[key].name
+        train_row(did, row["trainer"], plans_id, results, env, log, started, records, epochs)
+        folder = fold_dir(results, row["trainer"], plans_id)
+        row.update(plans=plans_id, dataset_id=did, folder=str(folder), **validation_scores(folder),
+                   epoch_times_s=epoch_times(folder), invocations=records.rows.get(f"{did}/{row['trainer']}/{plans_id}",
+                                                                                   []),
+                   status="done")
+        _say(started, f"{row['row']} (run {row['run']}): Dice {row['dice']:.4f}")
+    pairs = comparisons(rows)
+    config = plans["description"]["configurations"][CONFIGURATION]
+    return {"dataset": folders["description"].name, "ablation_dataset": folders["name_only"].name,
+            "source": str(src), "configuration": CONFIGURATION, "smallest": smallest,
+            "data": {"train": len(splits[0]["train"]), "val": len(splits[0]["val"]),
+                     "val_cases": sorted(splits[0]["val"])},
+            "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
+                       "batch_size": config["batch_size"], "patch_size": config["patch_size"]},
+            "class_text_options": [{"name": o.name, "label": o.label, "key": o.key, "value": o.value,
+                                    "built": option_built(o)} for o in CLASS_TEXT_OPTIONS],
+            "label_texts": {"description": json.loads((src / "dataset.json").read_text()).get("label_texts"),
+                            "name_only": texts["name_only"]},
+            "text_encoder": encoder, "runs": runs,
+            "runs_note": (f"nnU-Net's training is not seeded: {runs} run{'s' if runs > 1 else ''} per row"
+                          + ("." if runs > 1 else " (no second seed yet: `--repeat 2` adds one).")),
+            "peak_memory_method": "max RSS of the nnUNetv2_train process (os.wait4 ru_maxrss: the largest of it and "
+                                  "its reaped workers, not their sum; final validation included), maximum over its "
+                                  "invocations",
+            "rows": rows, "comparisons": pairs, "goal": goal_check(rows, pairs), "wall_time_s": time.time() - started,
+            "log": str(log)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", default=str(DEFAULT_SRC), help=f"left-atrium folder (default {DEFAULT_SRC})")
+    p.add_argument("--workdir", default=None, help=f"nnU-Net folders (default {DEFAULT_WORKDIR})")
+    p.add_argument("--out", default=None, help=f"where real3d.* go (default {DEFAULT_OUT}; --smallest: the work dir)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
+    p.add_argument("--val-iterations", type=int, default=10, help="nnU-Net's pseudo-Dice iterations per epoch")
+    p.add_argument("--repeat", type=int, default=1, help="runs per row (run 2.. are further rows, resumable)")
+    p.add_argument("--tmca", action="store_true", help="also train TMCA (its text carries no information here)")
+    p.add_argument("--text-encoder", default="minilm")
+    p.add_argument("--smallest", action="store_true", help="8 train / 4 val cases, 1 x 2 iterations (plumbing)")
+    args = p.parse_args(argv)
+    command = ("python benchmarks/real3d.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    src = Path(args.src).expanduser().resolve()
+    if not (src / "dataset.json").is_file():
+        raise SystemExit(f"{src / 'dataset.json'} does not exist. Fix: pass --src with the left-atrium folder")
+    workdir = Path(args.workdir or (DEFAULT_WORKDIR_SMALLEST if args.smallest else DEFAULT_WORKDIR)).resolve()
+    epochs, iterations, val_iterations = (args.epochs, args.iterations, args.val_iterations)
+    if args.smallest:
+        epochs, iterations, val_iterations = SMALLEST_BUDGET
+    out = Path(args.out or (workdir if args.smallest else DEFAULT_OUT)).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_benchmark(src, workdir, epochs, iterations, val_iterations, args.repeat, args.tmca,
+                            args.text_encoder, args.smallest)
+    summary["command"] = command
+    (out / "real3d.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    md = markdown(summary, command)
+    (out / "real3d.md").write_text(md + "\n", encoding="utf-8")
+    figure(summary, out / "real3d.png")
+    print("\n" + md)
+    print(f"\nwrote {out / 'real3d.json'}, {out / 'real3d.md'}, {out / 'real3d.png'}")
+
+
+if __name__ == "__main__":
+    main()
