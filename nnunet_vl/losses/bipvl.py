@@ -29,7 +29,8 @@ class GlobalLocalContrastiveLoss(nn.Module):
     (area-downsampled to the stage resolution, so small classes survive), mapped by the
     stage's linear head `projection_{k}` and L2-normalised. Global: each class present in a sample
     (background included) must pick its own class text among all class texts of that sample. Local:
-    the same against each concept sentence, only among classes that have that concept. Terms are
+    the same against each concept sentence (of the batch, or of the sample when aux["concept_text"] has a
+    batch axis: a mirrored sample's swapped class texts), only among classes that have that concept. Terms are
     averaged over anchors and stages; a term without any anchor (no class present, e.g. all voxels
     ignored) is zero. With region-based training the classes are the regions (no background class): each
     region pools over its own binary mask, so a voxel in several overlapping regions counts for each.
@@ -76,6 +77,8 @@ class GlobalLocalContrastiveLoss(nn.Module):
         present = masks.flatten(2).any(2)  # (B, C)
         local_anchors = present[:, None, :] & concept_present.T[None]  # (B, K, C)
         local_candidates = concept_present.T[None, :, None, :]  # (1, K, 1, C)
+        # concept anchors shared by the batch (C, K, P), or each sample's own (B, C, K, P)
+        concept_scores = "bcp,dkp->bkcd" if concept_text.dim() == 3 else "bcp,bdkp->bkcd"
 
         global_sum = local_sum = 0.0
         global_count = local_count = 0
@@ -91,7 +94,7 @@ class GlobalLocalContrastiveLoss(nn.Module):
             logits = torch.einsum("bcp,bdp->bcd", visual, text_class) / self.temperature
             term, count = _info_nce(logits, present, torch.ones_like(logits, dtype=torch.bool))
             global_sum, global_count = global_sum + term, global_count + count
-            logits = torch.einsum("bcp,dkp->bkcd", visual, concept_text) / self.temperature
+            logits = torch.einsum(concept_scores, visual, concept_text) / self.temperature
             term, count = _info_nce(logits, local_anchors, local_candidates)
             local_sum, local_count = local_sum + term, local_count + count
         losses = {"global": global_sum / max(global_count, 1), "local": local_sum / max(local_count, 1)}

@@ -33,10 +33,13 @@ class BiPVLUNet(nn.Module):
                                  visual_{k} and applies the head afterwards (pooling commutes with it), so
                                  no P-channel map is built at every voxel of a high-resolution stage
       concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder (no gradient
-                                 reaches the encoder from it, only the projection)
+                                 reaches the encoder from it, only the projection); (B, C, K, P) when the
+                                 samples read different class text sets (TextInputs.class_set)
       concept_present (C, K)     bool
       log_vars        (2,)       learned log-variances of (global, local), only with uncertainty_weighting
     """
+
+    reads_class_texts = True  # test-time mirroring leaves out the axes the class texts name (TextPredictor)
 
     def __init__(
         self,
@@ -123,16 +126,17 @@ class BiPVLUNet(nn.Module):
 
     def _text_embeddings(self, text: TextInputs, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class embeddings from the final fused text (B, T, H) and concept embeddings from the unfused encoder."""
-        c = text.num_classes
         class_text = hidden[:, text.report_ids.shape[1]:]  # one fused token per class
-        k, lk = text.concept_ids.shape[1:]
+        shape = text.concept_ids.shape[:-1]  # (C, K), or (S, C, K) with one class text set per sample
+        lk = text.concept_ids.shape[-1]
         with torch.no_grad():  # fixed anchors: no gradient through the C*K concept sentences
-            concepts = self.text_branch.encode(text.concept_ids.reshape(c * k, lk),
-                                               text.concept_mask.reshape(c * k, lk))
+            concepts = self.text_branch.encode(text.concept_ids.reshape(-1, lk), text.concept_mask.reshape(-1, lk))
+        # normalised in fp32: under fp16 autocast the projection is fp16, and F.normalize's eps underflows there
+        concept_text = F.normalize(self.text_projection(concepts).float(), dim=-1).reshape(*shape, -1)
         aux = {
-            # normalised in fp32: under fp16 autocast the projection is fp16, and F.normalize's eps underflows there
             "text_class": F.normalize(self.text_projection(class_text).float(), dim=-1),
-            "concept_text": F.normalize(self.text_projection(concepts).float(), dim=-1).reshape(c, k, -1),
+            # each sample's own concept anchors when its class texts differ from another sample's
+            "concept_text": concept_text if text.class_set is None else concept_text[text.class_set],
             "concept_present": text.concept_present.bool(),
         }
         if self.log_vars is not None:

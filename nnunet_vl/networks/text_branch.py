@@ -52,16 +52,23 @@ class ProgressiveTextEncoder(nn.Module):
         per class description.
 
         A class token is the mean of its description's token embeddings (positions restart per
-        description): the descriptions are the same for every sample, and one token per class keeps
+        description): the descriptions are shared by the samples, and one token per class keeps
         the per-sample sequence short, so the text layers cost O(B * (Lr + C)) instead of O(B * C * Lc).
+        With several class text sets (text.class_set) each set is embedded once and each sample gets its own's.
         """
         b, c = text.batch_size, text.num_classes
         lr = text.report_ids.shape[1]
         report = self.text_encoder.embeddings(input_ids=text.report_ids)
-        classes = masked_mean(self.text_encoder.embeddings(input_ids=text.class_ids), text.class_mask.bool())
+        if text.class_set is None:
+            classes = masked_mean(self.text_encoder.embeddings(input_ids=text.class_ids), text.class_mask.bool())
+            classes = classes[None].expand(b, -1, -1)
+        else:
+            sets = text.class_ids.shape[0]
+            classes = masked_mean(self.text_encoder.embeddings(input_ids=text.class_ids.flatten(0, 1)),
+                                  text.class_mask.flatten(0, 1).bool()).unflatten(0, (sets, c))[text.class_set]
         segments = torch.cat([torch.zeros(lr, dtype=torch.long, device=report.device),
                               torch.arange(1, c + 1, device=report.device)])
-        hidden = torch.cat([report, classes[None].expand(b, -1, -1)], dim=1) + self.segment_embedding(segments)
+        hidden = torch.cat([report, classes], dim=1) + self.segment_embedding(segments)
         mask = torch.cat([text.report_mask.bool(), torch.ones(b, c, dtype=torch.bool, device=report.device)], dim=1)
         return hidden, mask
 

@@ -16,6 +16,11 @@ class TextInputs:
     concept_present:           (C, K)      False where a class has no text for that concept
     place:                     (B, dims, 2) where each sample's patch lies in its image (networks.positions), or
                                             None: position encodings relative to the patch
+    class_set:                 (B,) long    None: one set of class texts for every sample (the shapes above). Else
+                                            the class tensors have a leading set axis, (S, C, Lc) and (S, C, K, Lk),
+                                            and sample i reads set class_set[i] (a mirrored sample whose class texts
+                                            name the flipped axis reads them with their direction words swapped);
+                                            concept_present stays (C, K): a swap never empties a concept
     Masks are 1 for real tokens and 0 for padding.
     """
 
@@ -27,6 +32,7 @@ class TextInputs:
     concept_mask: torch.Tensor
     concept_present: torch.Tensor
     place: torch.Tensor | None = None
+    class_set: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "TextInputs":
         return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
@@ -38,7 +44,7 @@ class TextInputs:
 
     @property
     def num_classes(self) -> int:
-        return self.class_ids.shape[0]
+        return self.class_ids.shape[-2]
 
 
 class TextRequiredError(ValueError):

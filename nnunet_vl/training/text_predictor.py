@@ -96,9 +96,14 @@ class TextPredictor(nnUNetPredictor):
 
     # ----- per case -----------------------------------------------------------------------------
     def select_case(self, case: str) -> None:
-        """Bind the case's text and choose its test-time mirror axes."""
+        """Bind the case's text and choose its test-time mirror axes: those whose directions neither the report nor,
+        for a network that reads them (BiPVL; TMCA reads only reports), a class text names. A lateral pair's
+        left-right words do not count: its channels swap back instead."""
         self._case_text = self.text_provider.inputs([case], mode=self.text_mode).to(self.device)
         named = self.text_provider.anatomical_axes_named(case, self.text_mode)
+        if getattr(unwrap(self._vl_network()), "reads_class_texts", False):
+            pairs = self._lateral[0].names if self._lateral is not None else None  # None: the provider's own pairs
+            named |= self.text_provider.class_text_named_axes(pairs)
         axes_map = self.text_provider.direction_axes
         excluded = {axes_map[a] for a in ANATOMICAL_AXES if a in named and axes_map.get(a) is not None}
         kept = tuple(a for a in (self._all_mirror_axes or ()) if a not in excluded)

@@ -103,7 +103,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
                           self.text_plan["max_concept_tokens"]),
             class_texts, self.text_cache.reports, self.text_plan["direction_axes"],
             self.text_cache.report_token_ids, source=join(self.preprocessed_dataset_folder_base, "text"),
-            fixed_side_names=dataset_fixed_side_names(self.dataset_json))
+            fixed_side_names=dataset_fixed_side_names(self.dataset_json),
+            lateral_pairs=self.text_plan.get("lateral_pairs") or ())
         self.text_loss = self.build_text_loss().to(self.device)
         if self.method == "tmca" and not any(self.text_cache.reports.values()):
             self.print_to_log_file("TMCA reads only reports and every report of this dataset is empty (class text "
@@ -213,7 +214,8 @@ class nnUNetTrainerVL(nnUNetTrainer):
         data[i, first:] = lateral.swap_channels(data[i, first:], labels, dim=0)
 
     def training_text(self, keys: list[str], flips: list[tuple[int, ...]]) -> TextInputs:
-        """The batch's text after `_mirror`: direction words swapped where their axis was flipped."""
+        """The batch's text after `_mirror`: the direction words of each sample's report and class texts swapped where
+        their axis was flipped (a lateral pair's class texts keep their left-right words: its label ids swapped)."""
         return self.text_provider.inputs(keys, flips if self.swap_words_when_mirroring else None, self.text_mode)
 
     def _with_place(self, text: TextInputs, batch: dict) -> TextInputs:

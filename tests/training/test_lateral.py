@@ -96,7 +96,7 @@ def test_cascade_previous_stage_channels_swap_with_the_pair():
 
 def test_class_texts_of_a_flipped_batch_still_describe_their_labels(tiny_bert):
     """The mirrored patient's left kidney carries the left kidney's id, so "left kidney ... left side" is right as
-    it is: the pair's texts must not swap their words a second time (nor any class text: they are per batch)."""
+    it is: the pair's texts must not swap their words a second time (nor do class texts without direction words)."""
     from transformers import BertTokenizerFast
 
     from nnunet_vl.text.provider import TextProvider
@@ -108,10 +108,11 @@ def test_class_texts_of_a_flipped_batch_still_describe_their_labels(tiny_bert):
              ("kidney_right", {"definition": "the right kidney on the right side"}),
              ("liver", {"definition": "liver"})]
     provider = TextProvider(tokenizer, texts, {"a": "lesion in the left kidney", "b": "round lesion"},
-                            PLAN["direction_axes"])
+                            PLAN["direction_axes"], lateral_pairs=PLAN["lateral_pairs"])
     plain = provider.inputs(["a", "b"])
     flipped = provider.inputs(["a", "b"], [(1,), (0, 1)])
     assert torch.equal(flipped.class_ids, plain.class_ids) and torch.equal(flipped.concept_ids, plain.concept_ids)
+    assert flipped.class_set is None and len(provider.class_sets) == 1  # nothing to swap: no second set is built
     words = tokenizer.tokenizer.decode(flipped.report_ids[0][flipped.report_mask[0].bool()], skip_special_tokens=True)
     assert words == "lesion in the right kidney"  # the report follows the swapped ids
 
