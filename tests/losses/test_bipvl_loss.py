@@ -147,3 +147,28 @@ def test_uncertainty_weighting() -> None:
     out = GlobalLocalContrastiveLoss(uncertainty_weighting=True, ignore_label=5)(aux, torch.full_like(target, 5))
     out["total"].backward()
     assert out["total"].item() == 0 and torch.equal(aux["log_vars"].grad, torch.zeros(2))  # no drift without anchors
+
+
+def test_per_sample_concept_anchors() -> None:
+    """aux["concept_text"] (B, C, K, P): each sample scores against its own anchors (a mirrored sample's swapped class
+    texts); shared anchors expanded over the batch give exactly the old loss."""
+    loss = GlobalLocalContrastiveLoss(temperature=0.2)
+    aux, target = make_aux(stage_sizes=((8, 8),)), quadrant_target(all_classes=True)
+    shared = loss(aux, target)
+    expanded = loss({**aux, "concept_text": aux["concept_text"].expand(B, -1, -1, -1)}, target)
+    for key in shared:
+        assert expanded[key].item() == pytest.approx(shared[key].item(), rel=1e-6)
+
+    other = F.normalize(torch.randn(C, K, P, generator=torch.Generator().manual_seed(5)), dim=-1)
+    per_sample = loss({**aux, "concept_text": torch.stack([other, aux["concept_text"].detach()])}, target)
+    assert all(torch.isfinite(v) for v in per_sample.values())
+    assert per_sample["global"].item() == pytest.approx(shared["global"].item(), rel=1e-6)  # class tokens unchanged
+
+    def alone(b: int, concepts: torch.Tensor) -> float:
+        one = {k: (v[b:b + 1] if k in ("text_class", "visual_1") else v) for k, v in aux.items()}
+        return loss({**one, "concept_text": concepts}, target[b:b + 1])["local"].item()
+
+    # every class present in both samples: equal anchor counts, so the batch term is the mean of the samples'
+    expected = (alone(0, other) + alone(1, aux["concept_text"].detach())) / 2
+    assert per_sample["local"].item() == pytest.approx(expected, rel=1e-5)
+    assert per_sample["local"].item() != pytest.approx(shared["local"].item(), rel=1e-3)

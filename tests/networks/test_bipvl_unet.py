@@ -264,3 +264,81 @@ def test_text_none_is_refused(tiny_bert: Path) -> None:
     for call in (lambda: model(x), lambda: model(x, None, return_aux=True)):
         with pytest.raises(TextRequiredError, match="nnUNetv2_predict_vl.*--text-mode none"):
             call()
+
+
+# ----- class text sets per sample (a mirrored sample reads its class texts with direction words swapped) ----------
+SWAPPED_CLASS_TEXTS = ["background tissue", "the liver organ upper left", "a round hypodense lesion"]
+SWAPPED_CONCEPT_TEXTS = [CONCEPT_TEXTS[0], ["large smooth organ", "upper left", "homogeneous"], CONCEPT_TEXTS[2]]
+ORIGINAL_SET = (["background tissue", "the liver organ upper right", "a round hypodense lesion"], CONCEPT_TEXTS)
+
+
+def text_with_sets(tokenizer: PreTrainedTokenizerBase, sets: list[tuple[list[str], list[list[str]]]],
+                   class_set: list[int] | None, reports: list[str] = REPORTS) -> TextInputs:
+    """TextInputs whose class tensors are the given (class texts, concept texts) sets, padded alike; class_set None:
+    the single set without a set axis."""
+    def encode(texts: list[str], length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tokenizer(texts, padding="max_length", max_length=length, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    report_ids, report_mask = encode(reports)
+    k = len(CONCEPT_TEXTS[0])
+    present = torch.tensor([[bool(t) for t in row] for row in CONCEPT_TEXTS])
+    parts = []
+    for class_texts, concept_texts in sets:
+        class_ids, class_mask = encode(class_texts)
+        concept_ids, concept_mask = encode([t for row in concept_texts for t in row])
+        concept_ids[~present.flatten()], concept_mask[~present.flatten()] = 0, 0
+        parts.append((class_ids, class_mask, concept_ids.view(NUM_CLASSES, k, -1), concept_mask.view(NUM_CLASSES, k, -1)))
+    tensors = parts[0] if class_set is None else [torch.stack(t) for t in zip(*parts)]
+    return TextInputs(report_ids, report_mask, *tensors, present,
+                      class_set=None if class_set is None else torch.tensor(class_set))
+
+
+def test_class_tokens_differ_per_sample_exactly_where_the_set_differs(tiny_bert: Path, tokenizer) -> None:
+    model = make_model(tiny_bert).eval()
+    same_report = [REPORTS[0], REPORTS[0]]
+    text = text_with_sets(tokenizer, [ORIGINAL_SET, (SWAPPED_CLASS_TEXTS, SWAPPED_CONCEPT_TEXTS)], [1, 0], same_report)
+    with torch.no_grad():
+        hidden, mask = model.text_branch.embed(text)
+        alone, _ = model.text_branch.embed(text_with_sets(tokenizer, [(SWAPPED_CLASS_TEXTS, SWAPPED_CONCEPT_TEXTS)],
+                                                          None, same_report))
+    lr = text.report_ids.shape[1]
+    assert hidden.shape == (2, lr + NUM_CLASSES, model.text_branch.hidden_size) and mask[:, lr:].all()
+    assert torch.equal(hidden[0, :lr], hidden[1, :lr])
+    assert (hidden[0, lr:] != hidden[1, lr:]).any(-1).tolist() == [False, True, False]  # only the liver's text differs
+    torch.testing.assert_close(hidden[0], alone[0])  # sample 0 reads the swapped set
+
+
+def test_each_sample_reads_its_own_class_set_as_if_alone(tiny_bert: Path, tokenizer) -> None:
+    model = make_model(tiny_bert).eval()
+    open_gates(model)
+    x = image(2)
+    sets = [ORIGINAL_SET, (SWAPPED_CLASS_TEXTS, SWAPPED_CONCEPT_TEXTS)]
+    with torch.no_grad():
+        seg, aux = model(x, text_with_sets(tokenizer, sets, [1, 0]), return_aux=True)
+        assert aux["concept_text"].shape == (2, NUM_CLASSES, 3, 8)  # each sample's own concept anchors
+        for i, s in enumerate([1, 0]):
+            single = text_with_sets(tokenizer, [sets[s]], None, [REPORTS[i]])
+            seg_i, aux_i = model(x[i:i + 1], single, return_aux=True)
+            torch.testing.assert_close(seg[i], seg_i[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(aux["text_class"][i], aux_i["text_class"][0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(aux["concept_text"][i], aux_i["concept_text"], rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(aux["concept_text"][0, 1], aux["concept_text"][1, 1])  # the liver's anchors differ
+        assert torch.equal(aux["concept_text"][0, 2], aux["concept_text"][1, 2])
+
+
+def test_one_shared_set_gives_the_old_output_and_loss(tiny_bert: Path, tokenizer) -> None:
+    """Sets that change nothing (every sample on one set, or identical sets) give exactly the single-set result;
+    the loss stays finite with sets that differ."""
+    model = make_model(tiny_bert).eval()
+    open_gates(model)
+    x = image(2)
+    with torch.no_grad():
+        shared = seg_and_contrastive_losses(model, x, text_with_sets(tokenizer, [ORIGINAL_SET], None))
+        same = seg_and_contrastive_losses(model, x, text_with_sets(tokenizer, [ORIGINAL_SET, ORIGINAL_SET], [1, 0]))
+        mixed = seg_and_contrastive_losses(model, x, text_with_sets(
+            tokenizer, [ORIGINAL_SET, (SWAPPED_CLASS_TEXTS, SWAPPED_CONCEPT_TEXTS)], [1, 0]))
+    for key in shared:
+        torch.testing.assert_close(same[key], shared[key], rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(mixed[key])
+    assert mixed["local"] != shared["local"]

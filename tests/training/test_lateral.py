@@ -254,3 +254,43 @@ def test_image_only_lateral_trainer_reads_the_first_preprocessed_case(tmp_path):
     trainer.configuration_manager = SimpleNamespace(configuration={}, patch_size=[8, 8, 8])
     trainer.dataset_json = {"labels": LABELS}
     assert trainer.lateral_swap().left_right_axis == 2
+
+
+class _ClassTextNetwork(_SidedNetwork):
+    reads_class_texts = True  # as BiPVLUNet: the class texts reach the network
+
+
+def test_test_time_mirroring_leaves_out_axes_the_class_texts_name(tiny_bert):
+    """A class text that names an axis leaves it out of test-time mirroring like a report; a lateral pair's side
+    words do not (its channels swap back), fixed side names never count, and a network that reads no class texts
+    (TMCA) ignores them."""
+    from transformers import BertTokenizerFast
+
+    from nnunet_vl.text.provider import TextProvider
+    from nnunet_vl.text.tokens import TextTokenizer
+
+    tokenizer = TextTokenizer(BertTokenizerFast.from_pretrained(str(tiny_bert)), 16, 16, 8)
+    reports = {"plain": "round lesion", "side": "lesion on the left"}
+    base = [("background", {"definition": "background"}),
+            ("kidney_left", {"definition": "the left kidney on the left side"}),
+            ("kidney_right", {"definition": "the right kidney on the right side"}), ("liver", {"definition": "liver"})]
+
+    def allowed(liver: str, network=None, plan: dict = PLAN, case: str = "plain"):
+        predictor = _predictor(plan)
+        predictor.network = network if network is not None else _ClassTextNetwork()
+        predictor._all_mirror_axes = (0, 1)  # the trainer's inference axes
+        texts = [*base[:3], ("liver", {"definition": liver})]
+        # as nnUNetPredictorVL builds it: no lateral pairs in the provider, the predictor knows them from the plans
+        predictor.set_text_provider(TextProvider(tokenizer, texts, reports, PLAN["direction_axes"]))
+        predictor.select_case(case)
+        return predictor.allowed_mirroring_axes
+
+    assert allowed("liver") == (0, 1)  # only the pair names a side: left-right stays (channels swap back)
+    assert allowed("liver", plan={**PLAN, "lateral_pairs": []}) == (0,)  # unpaired, the kidneys' words name it
+    assert allowed("liver on the right side") == (0,)  # axis 1 is left-right
+    assert allowed("liver in the upper region") == (1,)  # axis 0 is superior-inferior
+    assert allowed("liver in the upper right region") is None
+    assert allowed("liver beside the left ventricle") == (0, 1)  # a fixed side name is no direction
+    assert allowed("liver in the upper region", case="side") is None  # report and class text together
+    assert allowed("liver in the upper region", network=_SidedNetwork()) == (0, 1)  # reads only reports
+    assert allowed("liver", network=_SidedNetwork(), case="side") == (0,)

@@ -94,3 +94,31 @@ def test_naive_mirror_ablation_keeps_the_words(trainer, monkeypatch):
     naive = trainer.training_text(cases, flips)
     assert torch.equal(naive.report_ids, provider.inputs(cases).report_ids)  # the words as written
     assert not torch.equal(naive.report_ids, swapped.report_ids)
+
+
+def test_class_texts_swap_per_sample_in_training(trainer, monkeypatch, loader_batch):
+    """A sample mirrored along an axis its class texts name trains with those texts swapped, the others with the texts
+    as written; the network and the BiPVL loss take the per-sample sets (finite), the naive ablation keeps them."""
+    from nnunet_vl.text.provider import TextProvider
+
+    provider = trainer.text_provider
+    assert len(provider.class_sets) == 1  # the synthetic class texts name no direction: nothing is swapped, no cost
+    sided = [("background", {"definition": "everything else"}),
+             ("target", {"definition": "the bright round object", "location": "in the left upper region"})]
+    monkeypatch.setattr(trainer, "text_provider", TextProvider(provider.tokenizer, sided, provider.reports,
+                                                               provider.direction_axes))
+    batch = loader_batch(trainer)
+    cases = list(batch["keys"])
+    flips = [(1,)] + [()] * (len(cases) - 1)  # axis 1: left-right
+    text = trainer.training_text(cases, flips)
+    assert text.class_set is not None and text.class_set[0] != text.class_set[1]
+    assert torch.equal(text.class_ids[text.class_set[1]], trainer.text_provider.label_tensors["class_ids"])
+    tokenizer = provider.tokenizer.tokenizer
+    location = text.concept_ids[text.class_set[0], 1, 2]
+    assert tokenizer.decode(location, skip_special_tokens=True) == "in the right upper region"
+    with torch.no_grad():
+        _, aux = trainer.network(batch["data"], trainer._with_place(text, batch), return_aux=True)
+        losses = trainer.text_loss(aux, batch["target"][0])
+    assert aux["concept_text"].shape[0] == len(cases) and all(torch.isfinite(v) for v in losses.values())
+    monkeypatch.setattr(trainer, "swap_words_when_mirroring", False)
+    assert trainer.training_text(cases, flips).class_set is None  # the ablation leaves every word as written
