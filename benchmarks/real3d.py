@@ -190,6 +190,19 @@ def image_part(plans: dict) -> dict:
     return {k: v for k, v in plans["configurations"][CONFIGURATION].items() if k != "text"}
 
 
+def class_text_named_axes(label_texts: dict | None, label_names: list[str]) -> list[str]:
+    """The anatomical axes whose direction words the class texts name, as nnunet_vl's TextProvider finds them (names
+    like "left atrium" are fixed, "posterior" is not). nnunet_vl swaps those words in mirrored training samples and
+    leaves those axes out of BiPVL's test-time mirroring."""
+    from nnunet_vl.text.directions import direction_words
+
+    words = direction_words(())
+    texts = [name.replace("_", " ") for name in label_names]
+    for value in (label_texts or {}).values():
+        texts += list(value.values()) if isinstance(value, dict) else [str(value)]
+    return sorted(set().union(*(words.named_axes(t) for t in texts)))
+
+
 def write_splits(target: Path, splits: list[dict], started: float) -> None:
     if not target.is_file() or json.loads(target.read_text()) != splits:
         _say(started, f"writing {target}")
@@ -319,14 +332,58 @@ def epoch_times(folder: Path) -> list[float]:
     return times
 
 
-def validation_scores(folder: Path) -> dict:
-    """Foreground-mean Dice and per-case Dice of nnU-Net's final validation (validation/summary.json)."""
-    summary = json.loads((folder / "validation" / "summary.json").read_text())
+def scores_from_summary(summary_file: Path) -> dict:
+    """Foreground-mean Dice and per-case Dice of an nnU-Net evaluation summary.json."""
+    summary = json.loads(summary_file.read_text())
     per_case = {}
     for entry in summary["metric_per_case"]:
         case = Path(entry["reference_file"]).name.split(".")[0]
         per_case[case] = float(next(iter(entry["metrics"].values()))["Dice"])
     return {"dice": float(summary["foreground_mean"]["Dice"]), "per_case_dice": per_case}
+
+
+def validation_scores(folder: Path) -> dict:
+    """nnU-Net's final validation of the fold (validation/summary.json, test-time mirroring)."""
+    return scores_from_summary(folder / "validation" / "summary.json")
+
+
+def validation_folders(dataset_folder: Path, cases: list[str], workdir: Path) -> tuple[Path, Path]:
+    """Folders of symlinks to fold 0's validation images and labels (both datasets share them), rebuilt each run."""
+    dataset_json = json.loads((dataset_folder / "dataset.json").read_text())
+    ending, channels = dataset_json["file_ending"], sorted(dataset_json["channel_names"], key=int)
+    images, labels = workdir / "val_images", workdir / "val_labels"
+    for folder in (images, labels):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for case in cases:
+        for c in channels:
+            name = f"{case}_{int(c):04d}{ending}"
+            os.symlink(os.path.realpath(dataset_folder / "imagesTr" / name), images / name)
+        os.symlink(os.path.realpath(dataset_folder / "labelsTr" / f"{case}{ending}"), labels / f"{case}{ending}")
+    return images, labels
+
+
+def predict_and_score(row: dict, dataset_id: int, plans_id: str, dataset_folder: Path, images: Path, labels: Path,
+                      cases: list[str], workdir: Path, env: dict, log: Path, started: float) -> dict:
+    """fold 0's validation cases predicted without test-time mirroring (`nnUNetv2_predict`, VL: `nnUNetv2_predict_vl`,
+    the dataset's text) and scored by nnU-Net's evaluation; reused when every case is predicted and scored."""
+    from nnunet_vl.cli.demo import _bin, _run
+    from nnunet_vl.inference.evaluate import folder_metrics
+
+    ending = json.loads((dataset_folder / "dataset.json").read_text())["file_ending"]
+    out = workdir / "predictions_no_mirroring" / f"{dataset_id}_{row['trainer']}__{plans_id}"
+    if (out / "summary.json").is_file() and all((out / f"{c}{ending}").is_file() for c in cases):
+        scored = scores_from_summary(out / "summary.json")
+        if sorted(scored["per_case_dice"]) == sorted(cases):
+            return scored
+    shutil.rmtree(out, ignore_errors=True)
+    command = "nnUNetv2_predict_vl" if row["vl"] else "nnUNetv2_predict"
+    _run(f"predict {row['trainer']} (no mirroring)",
+         [_bin(command), "-i", str(images), "-o", str(out), "-d", str(dataset_id), "-c", CONFIGURATION, "-f", "0",
+          "-tr", row["trainer"], "-p", plans_id, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
+          "--disable_progress_bar"], env, log, started)
+    folder_metrics(labels, out, dataset_folder)
+    return scores_from_summary(out / "summary.json")
 
 
 # ----- comparisons (pure: tested without training) ----------------------------------------------------------------
@@ -356,19 +413,24 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict:
     return out
 
 
-def mean_over_runs(rows: list[dict]) -> dict[str, float]:
+def per_case(row: dict, score: str | None = None) -> dict[str, float]:
+    """A row's per-case Dice: the primary score (no mirroring), or `score` ("final_validation")."""
+    return row["per_case_dice"] if score is None else row[score]["per_case_dice"]
+
+
+def mean_over_runs(rows: list[dict], score: str | None = None) -> dict[str, float]:
     """Per-case Dice averaged over the done runs of one group (cases every run has)."""
-    done = [r["per_case_dice"] for r in rows if r.get("status") == "done"]
+    done = [per_case(r, score) for r in rows if r.get("status") == "done"]
     if not done:
         return {}
     cases = set.intersection(*(set(d) for d in done))
     return {c: sum(d[c] for d in done) / len(done) for c in sorted(cases)}
 
 
-def comparisons(rows: list[dict]) -> list[dict]:
+def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
     """Paired per-case differences: every done VL row - image-only of the same run; the description - name only
     (what the description's words add); image-only run k - run 1 (run-to-run noise); with >1 run, the means over
-    runs."""
+    runs. score: None = the primary per-case Dice (no mirroring), "final_validation" = nnU-Net's."""
     done = [r for r in rows if r.get("status") == "done"]
     by = {(r["group"], r["run"]): r for r in done}
     out = []
@@ -376,26 +438,26 @@ def comparisons(rows: list[dict]) -> list[dict]:
         image = by.get(("image", r["run"]))
         if r["vl"] and image is not None:
             out.append({"what": f"{r['row']} − image only", "run": r["run"], "group": r["group"], "vs": "image",
-                        **paired(r["per_case_dice"], image["per_case_dice"])})
+                        **paired(per_case(r, score), per_case(image, score))})
     for r in done:
         name_only = by.get(("bipvl_name_only", r["run"]))
         if r["group"].startswith("bipvl_") and r["group"] != "bipvl_name_only" and name_only is not None:
             out.append({"what": f"{r['row']} − BiPVL label name only", "run": r["run"], "group": r["group"],
-                        "vs": "bipvl_name_only", **paired(r["per_case_dice"], name_only["per_case_dice"])})
+                        "vs": "bipvl_name_only", **paired(per_case(r, score), per_case(name_only, score))})
     first = by.get(("image", 1))
     for r in done:
         if r["group"] == "image" and r["run"] > 1 and first is not None:
             out.append({"what": f"image only run {r['run']} − run 1 (noise between runs)", "run": r["run"],
-                        "group": "image", "vs": "image_run1", **paired(r["per_case_dice"], first["per_case_dice"])})
+                        "group": "image", "vs": "image_run1", **paired(per_case(r, score), per_case(first, score))})
     runs = {r["run"] for r in done}
     if len(runs) > 1:
         groups = dict.fromkeys(r["group"] for r in done)
-        image = mean_over_runs([r for r in done if r["group"] == "image"])
+        image = mean_over_runs([r for r in done if r["group"] == "image"], score)
         for g in groups:
             members = [r for r in done if r["group"] == g]
             if g != "image" and image and len(members) > 1:
                 out.append({"what": f"{members[0]['row']} − image only, mean of {len(members)} runs", "run": "mean",
-                            "group": g, "vs": "image", **paired(mean_over_runs(members), image)})
+                            "group": g, "vs": "image", **paired(mean_over_runs(members, score), image)})
     return out
 
 
@@ -441,6 +503,13 @@ def reading(summary: dict) -> list[str]:
              "everything else that differs between the trainers (fusion blocks and gates, the contrastive loss, AdamW "
              "instead of SGD); the label-name-only row has all of that and none of the description's words, so "
              "description − name only is what the words add."]
+    named = summary.get("class_text_named_axes", {}).get("description")
+    if named:
+        lines.append(f"- The description names directions along {', '.join(named)} (e.g. \"posterior\", \"below\"): "
+                     "nnunet_vl swaps those words in training samples mirrored along them, and BiPVL's test-time "
+                     "mirroring (its final validation) leaves those axes out, so the description rows are validated "
+                     "with fewer mirrorings than image-only and name-only rows (all axes). Part of any difference can "
+                     "come from that.")
     n_val = summary["data"]["val"]
     lines.append(f"- One fold of {n_val} validation cases is noisy: a paired 95% interval spanning ±1 point or more "
                  f"does not resolve a 0.5-point goal. {summary['runs_note']}")
@@ -474,25 +543,29 @@ def markdown(summary: dict, command: str) -> str:
              f"{'x'.join(map(str, b['patch_size']))}, batch {b['batch_size']}. Fold 0: {data['train']} training / "
              f"{data['val']} validation cases, the same in every row. Budget: {b['epochs']} epochs x "
              f"{b['iterations_per_epoch']} iterations ({b['val_iterations_per_epoch']} validation iterations per "
-             f"epoch) for every row. Dice: nnU-Net's final validation of fold 0 (test-time mirroring) scored by "
-             f"nnU-Net's evaluation, mean over cases, in %. Time per epoch: median of nnU-Net's \"Epoch time\" lines "
+             f"epoch) for every row. Dice (nnU-Net's evaluation, mean over cases, %) of fold 0's validation cases "
+             f"predicted without test-time mirroring, the same protocol for every row (the comparisons and the goal "
+             f"use it); beside it nnU-Net's own final validation (with test-time mirroring; see the reading for the "
+             f"axes BiPVL leaves out). Time per epoch: median of nnU-Net's \"Epoch time\" lines "
              f"(first epoch in brackets). Peak memory: {summary['peak_memory_method']}. {summary['runs_note']}", "",
-             "| row | run | Dice (%) | per-case SD | s per epoch | peak RSS (MB) | training + validation (min) |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | run | Dice (%) | per-case SD | final validation Dice (%) | s per epoch | peak RSS (MB) | "
+             "training + validation (min) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         if row.get("status") != "done":
-            lines.append(f"| {row['row']} | {row['run']} | {row.get('status', 'not run')} | | | | |")
+            lines.append(f"| {row['row']} | {row['run']} | {row.get('status', 'not run')} | | | | | |")
             continue
         values = list(row["per_case_dice"].values())
         sd = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
         peak = max((i["peak_rss_mb"] for i in row.get("invocations", [])), default=None)
         minutes = sum(i["seconds"] for i in row.get("invocations", [])) / 60 if row.get("invocations") else None
-        lines.append(f"| {row['row']} | {row['run']} | {_pts(row['dice'])} | {_num(sd)} | "
+        final = row.get("final_validation", {}).get("dice")
+        lines.append(f"| {row['row']} | {row['run']} | {_pts(row['dice'])} | {_num(sd)} | {_pts(final)} | "
                      f"{epoch_summary(row.get('epoch_times_s', []))} | {'–' if peak is None else f'{peak:.0f}'} | "
                      f"{_num(minutes, 1)} |")
     pairs = [p for p in summary["comparisons"] if p.get("n", 0) > 0]
     if pairs:
-        lines += ["", "Paired per-case differences (Dice points, same cases):", "",
+        lines += ["", "Paired per-case differences (Dice points, same cases, no mirroring):", "",
                   "| difference | run | n | mean | SD | 95% interval (t) | min / median / max | better / worse |",
                   "|---|---|---|---|---|---|---|---|"]
         for p in pairs:
@@ -500,6 +573,11 @@ def markdown(summary: dict, command: str) -> str:
                          f"[{_num(p['ci95'][0], sign=True)}, {_num(p['ci95'][1], sign=True)}] | "
                          f"{_num(p['min'], sign=True)} / {_num(p['median'], sign=True)} / {_num(p['max'], sign=True)} "
                          f"| {p['wins']} / {p['losses']} |")
+    final_pairs = [p for p in summary.get("comparisons_final_validation", []) if p.get("n", 0) > 1]
+    if final_pairs:
+        lines += ["", "The same differences on nnU-Net's final validation (with test-time mirroring): " + "; ".join(
+            f"{p['what']} (run {p['run']}) {_num(p['mean'], sign=True)} "
+            f"[{_num(p['ci95'][0], sign=True)}, {_num(p['ci95'][1], sign=True)}]" for p in final_pairs) + "."]
     lines += [""] + reading(summary) + ["", "![per-case Dice](real3d.png)"]
     return "\n".join(lines)
 
@@ -577,6 +655,7 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
 
     rows = plan_rows(epochs, iterations, runs, tmca)
     options = {o.name: o for o in CLASS_TEXT_OPTIONS}
+    images, labels = validation_folders(folders["description"], sorted(splits[0]["val"]), workdir)
     for row in rows:
         if row.get("status"):
             continue
@@ -587,13 +666,19 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
         results = res_root / folders[key].name
         train_row(did, row["trainer"], plans_id, results, env, log, started, records, epochs)
         folder = fold_dir(results, row["trainer"], plans_id)
-        row.update(plans=plans_id, dataset_id=did, folder=str(folder), **validation_scores(folder),
-                   epoch_times_s=epoch_times(folder), invocations=records.rows.get(f"{did}/{row['trainer']}/{plans_id}",
-                                                                                   []),
-                   status="done")
-        _say(started, f"{row['row']} (run {row['run']}): Dice {row['dice']:.4f}")
+        scored = predict_and_score(row, did, plans_id, folders[key], images, labels, sorted(splits[0]["val"]),
+                                   workdir, env, log, started)
+        row.update(plans=plans_id, dataset_id=did, folder=str(folder), **scored,
+                   final_validation=validation_scores(folder), epoch_times_s=epoch_times(folder),
+                   invocations=records.rows.get(f"{did}/{row['trainer']}/{plans_id}", []), status="done")
+        _say(started, f"{row['row']} (run {row['run']}): Dice {row['dice']:.4f} without mirroring, "
+                      f"{row['final_validation']['dice']:.4f} in nnU-Net's final validation")
     pairs = comparisons(rows)
     config = plans["description"]["configurations"][CONFIGURATION]
+    source_json = json.loads((src / "dataset.json").read_text())
+    foreground = [n for n in source_json["labels"] if n != "background"]
+    named = {"description": class_text_named_axes(source_json.get("label_texts"), foreground),
+             "name_only": class_text_named_axes(texts["name_only"], foreground)}
     return {"dataset": folders["description"].name, "ablation_dataset": folders["name_only"].name,
             "source": str(src), "configuration": CONFIGURATION, "smallest": smallest,
             "data": {"train": len(splits[0]["train"]), "val": len(splits[0]["val"]),
@@ -602,15 +687,16 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
                        "batch_size": config["batch_size"], "patch_size": config["patch_size"]},
             "class_text_options": [{"name": o.name, "label": o.label, "key": o.key, "value": o.value,
                                     "built": option_built(o)} for o in CLASS_TEXT_OPTIONS],
-            "label_texts": {"description": json.loads((src / "dataset.json").read_text()).get("label_texts"),
-                            "name_only": texts["name_only"]},
+            "label_texts": {"description": source_json.get("label_texts"), "name_only": texts["name_only"]},
+            "class_text_named_axes": named,
             "text_encoder": encoder, "runs": runs,
             "runs_note": (f"nnU-Net's training is not seeded: {runs} run{'s' if runs > 1 else ''} per row"
                           + ("." if runs > 1 else " (no second seed yet: `--repeat 2` adds one).")),
             "peak_memory_method": "max RSS of the nnUNetv2_train process (os.wait4 ru_maxrss: the largest of it and "
                                   "its reaped workers, not their sum; final validation included), maximum over its "
                                   "invocations",
-            "rows": rows, "comparisons": pairs, "goal": goal_check(rows, pairs), "wall_time_s": time.time() - started,
+            "rows": rows, "comparisons": pairs, "goal": goal_check(rows, pairs),
+            "comparisons_final_validation": comparisons(rows, score="final_validation"), "wall_time_s": time.time() - started,
             "log": str(log)}
 
 
