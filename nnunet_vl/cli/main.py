@@ -38,11 +38,16 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
+    import json
+
     from nnunet_vl.text.contract import TextProblem, class_text_only_note, load_dataset_text
+    from nnunet_vl.text.directions import dataset_fixed_side_names
     from nnunet_vl.text.encoders import DEFAULT_ENCODER, EncoderNotFoundError, load_tokenizer, resolve_encoder
+    from nnunet_vl.text.laterality import mirroring_summary
 
     folder = _dataset_folder(_raw_root(args.raw), args.d)
-    text = load_dataset_text(folder, require_reports=not args.allow_missing_reports)
+    dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    text = load_dataset_text(folder, dataset_json, require_reports=not args.allow_missing_reports)
     encoder = args.text_encoder or text.text_encoder or DEFAULT_ENCODER
     try:
         load_tokenizer(resolve_encoder(encoder))
@@ -52,6 +57,8 @@ def cmd_check(args: argparse.Namespace) -> None:
         print(problem)
     if text.class_text_only:
         print(class_text_only_note(folder.name))
+    for line in mirroring_summary(dataset_json, text.label_texts, dataset_fixed_side_names(dataset_json)):
+        print(line)
     errors = text.errors
     print(f"{folder.name}: {len(text.reports)} reports for {len(text.train_cases)} training and "
           f"{len(text.test_cases)} test cases, {len(text.label_texts)} label texts, encoder '{encoder}': "

@@ -269,6 +269,10 @@ class DirectionWords:
         """The anatomical axes whose directions the text names."""
         return {axis for _, axis, _ in self._directions(text)}
 
+    def words(self, text: str) -> list[tuple[str, str]]:
+        """(word as written, anatomical axis) for each direction word of the text, in order."""
+        return [(m.group(0), axis) for m, axis, _ in self._directions(text)]
+
     def swap(self, text: str, axes: Iterable[str]) -> str:
         """The text as it reads for the image mirrored along the given anatomical axes."""
         axes = set(axes)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 
-from nnunet_vl.text.directions import direction_words
+from nnunet_vl.text.directions import ANATOMICAL_AXES, DirectionWords, direction_words
 
 LATERAL_PAIRS_KEY = "lateral_pairs"  # dataset.json: [["kidney_left", "kidney_right"], ...]; [] turns pairing off
 _STRUCTURES_FILE = "bilateral_structures.json"
@@ -155,3 +155,40 @@ def dataset_lateral_pairs(dataset_json: Mapping, label_texts: Mapping[str, Mappi
         return pairs, f"dataset.json '{LATERAL_PAIRS_KEY}'"
     return (detect_lateral_pairs(list(labels), label_texts, fixed_names),
             "detected from label names and class texts (bilateral_structures.json)")
+
+
+def class_text_swaps(label_texts: Iterable[tuple[str, Mapping[str, str]]], lateral_pairs: Sequence[Sequence[str]],
+                     words: DirectionWords) -> dict[str, dict[str, list[str]]]:
+    """Per class whose name or text holds direction words: anatomical axis -> those words (as written, each once), the
+    words that swap when a sample is mirrored along that axis. A lateral pair member's left-right words are left out
+    (its label id swaps instead); protected structure names and quantities are no direction words."""
+    paired = {name for pair in lateral_pairs for name in pair}
+    swaps: dict[str, dict[str, list[str]]] = {}
+    for name, concepts in label_texts:
+        by_axis: dict[str, list[str]] = {}
+        for text in (name.replace("_", " "), *concepts.values()):  # the name as the class description writes it
+            for word, axis in words.words(text):
+                if not (axis == "left_right" and name in paired):
+                    found = by_axis.setdefault(axis, [])
+                    if word.lower() not in (w.lower() for w in found):
+                        found.append(word)
+        if by_axis:
+            swaps[name] = {axis: by_axis[axis] for axis in ANATOMICAL_AXES if axis in by_axis}
+    return swaps
+
+
+def mirroring_summary(dataset_json: Mapping, label_texts: Mapping[str, Mapping[str, str]],
+                      fixed_names: Sequence[str] = ()) -> list[str]:
+    """What mirroring does to a dataset's labels and class texts, one line per lateral pair (or one saying there is
+    none) and per class text that swaps words (`nnunet_vl check` prints these)."""
+    pairs, source = dataset_lateral_pairs(dataset_json, label_texts, fixed_names)
+    lines = [f"lateral pair '{left}' / '{right}' ({source}): their label ids swap when a sample is mirrored "
+             f"left-right, their class texts stay with them" for left, right in pairs]
+    if not pairs:
+        lines.append(f"lateral pairs: none ({source})")
+    for name, by_axis in class_text_swaps(label_texts.items(), pairs, direction_words(tuple(fixed_names))).items():
+        axes = "; ".join(f"{axis.replace('_', '-')}: {', '.join(repr(w) for w in found)}"
+                         for axis, found in by_axis.items())
+        lines.append(f"class text '{name}' swaps its direction words with mirroring ({axes}); BiPVL leaves these "
+                     f"axes out of test-time mirroring")
+    return lines

@@ -12,6 +12,7 @@ import torch
 
 from nnunet_vl.networks.text_inputs import TextInputs
 from nnunet_vl.text.directions import ANATOMICAL_AXES, DirectionWords, array_axes_to_anatomical, direction_words
+from nnunet_vl.text.laterality import class_text_swaps
 from nnunet_vl.text.tokens import TextTokenizer
 
 TEXT_MODES = ("report", "none", "shuffled")
@@ -130,13 +131,8 @@ class TextProvider:
         member's left-right words do not count (its label id swaps instead); lateral_pairs None: the provider's."""
         pairs = self.lateral_pairs if lateral_pairs is None else tuple(tuple(p) for p in lateral_pairs)
         if pairs not in self._named_by_class_texts:
-            paired = {name for pair in pairs for name in pair}
-            named: set[str] = set()
-            for name, concepts in self.label_texts:
-                texts = (name.replace("_", " "), *concepts.values())
-                axes = set().union(*(self.directions.named_axes(t) for t in texts))
-                named |= axes - {"left_right"} if name in paired else axes
-            self._named_by_class_texts[pairs] = named
+            swaps = class_text_swaps(self.label_texts, pairs, self.directions)
+            self._named_by_class_texts[pairs] = {axis for by_axis in swaps.values() for axis in by_axis}
         return set(self._named_by_class_texts[pairs])
 
     def class_tensors(self, flipped_axes: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:

@@ -46,6 +46,33 @@ def test_make_synthetic_then_check(tmp_path, tiny_bert):
                                                "fix them and run `nnunet_vl check -d 870` again"]
 
 
+def test_check_prints_lateral_pairs_and_class_texts_that_swap(tmp_path, tiny_bert):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    assert nnunet_vl("make-synthetic", "-d", "871", "--num-train", "4", "--num-test", "1", "--size", "32",
+                     "--rule", "lateral", "--raw", str(raw)).returncode == 0
+    detected = nnunet_vl("check", "-d", "871", "--raw", str(raw), "--text-encoder", str(tiny_bert))
+    assert detected.returncode == 0, detected.stderr
+    lines = [line for line in detected.stdout.splitlines() if "lateral pair" in line or "class text '" in line]
+    assert lines == ["lateral pair 'kidney_left' / 'kidney_right' (detected from label names and class texts "
+                     "(bilateral_structures.json)): their label ids swap when a sample is mirrored left-right, their "
+                     "class texts stay with them"]  # the pair's side words stay: nothing else swaps
+
+    folder = raw / "Dataset871_SynthVL2D"
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["lateral_pairs"] = []  # no pairs: the kidneys' texts are plain class texts that name a side
+    dataset["label_texts"]["background"] = {"definition": "everything above and below the kidneys"}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    unpaired = nnunet_vl("check", "-d", "871", "--raw", str(raw), "--text-encoder", str(tiny_bert))
+    assert unpaired.returncode == 0, unpaired.stderr
+    lines = [line for line in unpaired.stdout.splitlines() if "lateral pair" in line or "class text '" in line]
+    assert lines[0] == "lateral pairs: none (dataset.json 'lateral_pairs')"
+    assert [line.split(" swaps")[0] for line in lines[1:]] == ["class text 'background'", "class text 'kidney_left'",
+                                                                "class text 'kidney_right'"]
+    assert "(superior-inferior: 'above', 'below')" in lines[1]
+    assert "(left-right: 'left', 'right')" in lines[2] or "(left-right: 'right', 'left')" in lines[2]
+
+
 def test_demo_refuses_a_work_dir_made_for_another_rule(tmp_path):
     """The demo reuses its work dir's dataset only when it was made with the same rule and size."""
     from nnunet_vl.cli.demo import DATASET_IDS

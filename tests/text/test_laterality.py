@@ -104,3 +104,26 @@ def test_contract_reports_bad_override(tmp_path):
     text = load_dataset_text(tmp_path)
     errors = [p for p in text.errors if "lateral_pairs" in p.message]
     assert len(errors) == 1 and "'kidny_right'" in errors[0].message and "\n" not in str(errors[0])
+
+
+def test_class_text_swaps_name_the_words_per_axis_without_a_pairs_side_words():
+    from nnunet_vl.text.directions import direction_words
+    from nnunet_vl.text.laterality import class_text_swaps, mirroring_summary
+
+    texts = {"background": {"definition": "everything else"},
+             "spleen": {"definition": "organ of the left upper abdomen", "location": "Left, below the diaphragm"},
+             "kidney_left": {"definition": "The left kidney", "location": "upper retroperitoneum"},
+             "kidney_right": {"definition": "The right kidney"},
+             "left ventricle": {"definition": "the left ventricle, beside the right ventricle"},
+             "left_lung": {"definition": "lung"}}
+    swaps = class_text_swaps(texts.items(), [("kidney_left", "kidney_right")], direction_words())
+    assert swaps == {"spleen": {"left_right": ["left"], "superior_inferior": ["upper", "below"]},
+                     "kidney_left": {"superior_inferior": ["upper"]}, "left_lung": {"left_right": ["left"]}}
+    labels = {name: i for i, name in enumerate(texts)}
+    lines = mirroring_summary({"labels": labels}, texts)
+    assert lines[0].startswith("lateral pair 'kidney_left' / 'kidney_right' (detected") and len(lines) == 4
+    assert lines[1] == ("class text 'spleen' swaps its direction words with mirroring (left-right: 'left'; "
+                        "superior-inferior: 'upper', 'below'); BiPVL leaves these axes out of test-time mirroring")
+    lines = mirroring_summary({"labels": labels, "lateral_pairs": []}, texts)
+    assert lines[0] == "lateral pairs: none (dataset.json 'lateral_pairs')"
+    assert [line.split("'")[1] for line in lines[1:]] == ["spleen", "kidney_left", "kidney_right", "left_lung"]
