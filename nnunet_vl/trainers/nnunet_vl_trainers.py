@@ -3,7 +3,8 @@
 `nnunet_vl env` prints the export line. nnU-Net imports every module here and looks for the -tr name.
 """
 from nnunet_vl.training.budgets import nnUNetTrainer_cpu, nnUNetTrainer_demo  # noqa: F401
-from nnunet_vl.training.nnUNetTrainerLateral import nnUNetTrainerLateral  # noqa: F401
+from nnunet_vl.training.nnUNetTrainerLateral import (  # noqa: F401
+    nnUNetTrainerLateral, nnUNetTrainerLateral_cpu, nnUNetTrainerLateral_demo)
 from nnunet_vl.training.nnUNetTrainerBiPVL import (  # noqa: F401
     nnUNetTrainerBiPVL, nnUNetTrainerBiPVL_5epochs, nnUNetTrainerBiPVL_cpu, nnUNetTrainerBiPVL_demo,
     nnUNetTrainerBiPVL_naiveMirror, nnUNetTrainerBiPVL_naiveMirror_cpu, nnUNetTrainerBiPVL_naiveMirror_demo,

@@ -3,7 +3,7 @@
 A sample mirrored along the patient's left-right axis gets the pair's label ids swapped (the mirrored patient's
 left kidney lies where the right one belongs); test-time mirroring leaves out the left-right axis, so stock
 `nnUNetv2_predict` (which cannot swap channels back) predicts it correctly. Without lateral pairs it trains and
-predicts exactly as nnUNetTrainer.
+predicts exactly as nnUNetTrainer. `_cpu` and `_demo` are the budgets of nnUNetTrainer_cpu / _demo.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import os
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_vl.training.budgets import CPU_SMOKE, DEMO, WithBudget
 from nnunet_vl.training.lateral import LateralMirrorTransform, LateralSwap, lateral_swap_for_image_only
 
 
@@ -46,3 +47,15 @@ class nnUNetTrainerLateral(nnUNetTrainer):
             transforms.transforms = [LateralMirrorTransform(t.allowed_axes, swap) if type(t) is MirrorTransform
                                      else t for t in transforms.transforms]
         return transforms
+
+
+class nnUNetTrainerLateral_cpu(WithBudget, nnUNetTrainerLateral):
+    """CPU smoke budget (2 epochs of 5 iterations), same as nnUNetTrainer_cpu."""
+
+    budget = CPU_SMOKE
+
+
+class nnUNetTrainerLateral_demo(WithBudget, nnUNetTrainerLateral):
+    """Demo budget, same as nnUNetTrainer_demo."""
+
+    budget = DEMO

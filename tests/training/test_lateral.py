@@ -294,3 +294,27 @@ def test_test_time_mirroring_leaves_out_axes_the_class_texts_name(tiny_bert):
     assert allowed("liver in the upper region", case="side") is None  # report and class text together
     assert allowed("liver in the upper region", network=_SidedNetwork()) == (0, 1)  # reads only reports
     assert allowed("liver", network=_SidedNetwork(), case="side") == (0,)
+
+
+@pytest.mark.parametrize("name, budget", [("nnUNetTrainerLateral_cpu", "cpu"), ("nnUNetTrainerLateral_demo", "demo")])
+def test_lateral_budget_variants_are_found_by_nnunet_and_train_on_their_budget(name, budget, planned_2d,
+                                                                                 nnunet_folders):
+    """nnU-Net's trainer lookup (nnUNet_extTrainer) finds them; they are nnUNetTrainerLateral on the shared budget."""
+    import json
+
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    from nnunet_vl.cli.environment import trainer_dir
+    from nnunet_vl.training.budgets import BUDGETS
+    from nnunet_vl.training.nnUNetTrainerLateral import nnUNetTrainerLateral
+
+    folder = str(trainer_dir())
+    found = recursive_find_python_class(folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True)
+    assert found is not None and found.__name__ == name and issubclass(found, nnUNetTrainerLateral)
+    preprocessed = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # nnU-Net 2.8 reads this from the plans dict
+    trainer = found(plans, "2d", 0, json.loads((preprocessed / "dataset.json").read_text()), torch.device("cpu"))
+    expected = BUDGETS[budget]
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == \
+        (expected.epochs, expected.iterations_per_epoch, expected.val_iterations_per_epoch)
