@@ -72,8 +72,8 @@ class ClassTextOption:
 
 
 CLASS_TEXT_OPTIONS = (
-    ClassTextOption("token", "one token per class (mean of word embeddings)"),
-    ClassTextOption("sentences", "descriptions read as sentences through the fusion", "class_text", "sentences"),
+    ClassTextOption("token", "one token (mean of word embeddings)"),
+    ClassTextOption("sentences", "sentences through the fusion", "class_text", "sentences"),
 )
 OPTION_SOURCES = (REPO / "nnunet_vl" / "planning", REPO / "planners")
 
@@ -256,7 +256,7 @@ def plan_rows(epochs: int, iterations: int, runs: int, tmca: bool,
             if not option_built(option, sources):
                 entry["status"] = "not run (option not built)"
             rows.append(entry)
-        rows.append(row(f"BiPVL, class text = label name only ({options[0].label})", "nnUNetTrainerBiPVL",
+        rows.append(row(f"BiPVL, label name only, {options[0].label}", "nnUNetTrainerBiPVL",
                         "name_only", True, group="bipvl_name_only", option=options[0].name))
         entry = row("TMCA (no reports: empty text)", "nnUNetTrainerTMCA", "description", True, group="tmca")
         if not tmca:
@@ -541,7 +541,7 @@ def markdown(summary: dict, command: str) -> str:
              f"Command: `{command}` ({summary['wall_time_s'] / 60:.1f} min this invocation). Dataset "
              f"`{summary['dataset']}` (source `{summary['source']}`), `{CONFIGURATION}`, patch "
              f"{'x'.join(map(str, b['patch_size']))}, batch {b['batch_size']}. Fold 0: {data['train']} training / "
-             f"{data['val']} validation cases, the same in every row. Budget: {b['epochs']} epochs x "
+             f"{data['val']} validation cases, the same in every row. Budget: {b['epochs']} epoch(s) x "
              f"{b['iterations_per_epoch']} iterations ({b['val_iterations_per_epoch']} validation iterations per "
              f"epoch) for every row. Dice (nnU-Net's evaluation, mean over cases, %) of fold 0's validation cases "
              f"predicted without test-time mirroring, the same protocol for every row (the comparisons and the goal "
@@ -582,6 +582,15 @@ def markdown(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def short_name(group: str) -> str:
+    """A plot label for a row group or a comparison's reference: image only, BiPVL token, BiPVL name only, ..."""
+    if group == "image_run1":
+        return "image only, run 1"
+    if group.startswith("bipvl_"):
+        return "BiPVL " + group[len("bipvl_"):].replace("_", " ")
+    return {"image": "image only", "tmca": "TMCA"}.get(group, group)
+
+
 def figure(summary: dict, out: Path) -> None:
     """Left: per-case Dice per done row, lines joining a case across rows, row means as bars. Right: per-case
     differences to image-only of the same run, mean and 95% interval, the -0.5 goal line."""
@@ -591,15 +600,15 @@ def figure(summary: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     done = [r for r in summary["rows"] if r.get("status") == "done"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1.3, 1]})
-    labels = [f"{r['row']}\n(run {r['run']})" for r in done]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    labels = [f"{short_name(r['group'])}\nrun {r['run']}" for r in done]
     cases = sorted(set.intersection(*(set(r["per_case_dice"]) for r in done))) if done else []
     for case in cases:
         left.plot(range(len(done)), [100 * r["per_case_dice"][case] for r in done], color="grey", lw=0.6, alpha=0.6,
                   marker="o", ms=3)
     for i, r in enumerate(done):
         left.hlines(100 * r["dice"], i - 0.3, i + 0.3, color="C3", lw=2.5)
-    left.set_xticks(range(len(done)), labels, fontsize=7, rotation=20, ha="right")
+    left.set_xticks(range(len(done)), labels, fontsize=8)
     left.set_ylabel("Dice (%) per validation case (red: mean)")
     left.set_title(f"{summary['dataset']}, fold 0 ({summary['data']['val']} cases)", fontsize=10)
     pairs = [p for p in summary["comparisons"] if p.get("n", 0) > 0 and p["vs"] in ("image", "bipvl_name_only",
@@ -612,9 +621,11 @@ def figure(summary: dict, out: Path) -> None:
                            color="C0", capsize=4)
     right.axvline(0, color="black", lw=0.8)
     right.axvline(-100 * GOAL_MARGIN, color="C3", lw=0.8, ls="--", label="goal: ≥ −0.5 vs image only")
-    right.set_yticks(range(len(pairs)), [f"{p['what']} (run {p['run']})" for p in pairs], fontsize=7)
-    right.set_xlabel("per-case difference (Dice points); mean with 95% interval")
-    right.legend(fontsize=7, loc="lower right")
+    right.set_yticks(range(len(pairs)), [f"{short_name(p['group'])}\n− {short_name(p['vs'])}, run {p['run']}"
+                                         for p in pairs], fontsize=8)
+    right.set_xlabel("per-case difference (Dice points), mean and 95% interval")
+    right.set_title("paired differences, no test-time mirroring", fontsize=10)
+    right.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
