@@ -506,13 +506,15 @@ def reading(summary: dict) -> list[str]:
     named = summary.get("class_text_named_axes", {}).get("description")
     if named:
         lines.append(f"- The description names directions along {', '.join(named)} (e.g. \"posterior\", \"below\"): "
-                     "nnunet_vl swaps those words in training samples mirrored along them, and BiPVL's test-time "
-                     "mirroring (its final validation) leaves those axes out, so the description rows are validated "
-                     "with fewer mirrorings than image-only and name-only rows (all axes). Part of any difference can "
-                     "come from that.")
+                     "nnunet_vl swaps those words in training samples mirrored along them (part of how the description "
+                     "rows train), and BiPVL's test-time mirroring leaves those axes out, so in nnU-Net's final "
+                     "validation the description rows mirror fewer axes than the image-only and name-only rows. The "
+                     "compared score (no test-time mirroring) is the same protocol for every row.")
     n_val = summary["data"]["val"]
-    lines.append(f"- One fold of {n_val} validation cases is noisy: a paired 95% interval spanning ±1 point or more "
-                 f"does not resolve a 0.5-point goal. {summary['runs_note']}")
+    widths = [p["ci95"][1] - p["ci95"][0] for p in pairs if p.get("n", 0) > 1]
+    width = f"the paired 95% intervals here are {min(widths):.1f}–{max(widths):.1f} points wide, " if widths else ""
+    lines.append(f"- One fold of {n_val} validation cases is noisy: {width}against a 0.5-point goal. "
+                 f"{summary['runs_note']}")
     for p in pairs:
         if p.get("n", 0) == 0:
             continue
@@ -524,11 +526,11 @@ def reading(summary: dict) -> list[str]:
                    "met on the means, not resolved by the intervals" if goal["met"] else "not met")
         lines.append(f"- Goal ({goal['statement']}): **{verdict}**.")
         words = [p for p in pairs if p["vs"] == "bipvl_name_only" and p.get("n", 0) > 1]
-        if words:
-            inside = all(p["ci95"][0] <= 0 <= p["ci95"][1] for p in words)
-            lines.append("- What the description adds over the label name: "
+        for p in words:
+            inside = p["ci95"][0] <= 0 <= p["ci95"][1]
+            lines.append(f"- What the description's words add over the label name ({p['what']}, run {p['run']}): "
                          + ("nothing this fold can tell apart from zero." if inside else
-                            "a difference whose interval excludes zero (see the rows above), at this budget only."))
+                            f"{_num(p['mean'], sign=True)} points, an interval that excludes zero, at this budget."))
     else:
         lines.append("- Goal: not evaluated (no VL row and image-only row of the same run are both done).")
     return lines

@@ -112,6 +112,8 @@ def test_table_lists_options_not_built_and_reads_the_rows():
     assert "not resolved by the intervals" in table
     assert "description − name only is what the words add" in table
     assert "along anterior_posterior, superior_inferior" in table
+    assert "the paired 95% intervals here are 2.6–5.8 points wide" in table
+    assert "− BiPVL label name only, run 1): nothing this fold can tell apart from zero." in table
     # final validation scores shift every case by +1 point in every row: the same paired differences
     assert "The same differences on nnU-Net's final validation" in table
     assert "BiPVL, class text: one token per class − image only (run 1) +1.00 [-1.91, +3.91]" in table
