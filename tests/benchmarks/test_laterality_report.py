@@ -76,3 +76,30 @@ def test_rows_and_budget_trainers(tmp_path):
         assert f"class {family}_lat3x7(" in text
     assert laterality.PATCH_POSITIONS_TRAINER not in text  # not importable: no class for it
     assert "self.lateral = None" in text and "swap_words_when_mirroring = False" in text
+
+
+def test_budget_trainers_are_found_by_nnunet_and_mirror_as_named(tmp_path):
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring)
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    from nnunet_vl.training.nnUNetTrainerBiPVL import nnUNetTrainerBiPVL
+    from nnunet_vl.training.nnUNetTrainerLateral import nnUNetTrainerLateral
+
+    laterality = _laterality()
+    laterality.write_budget_trainers(tmp_path, 3, 7, 2, None)
+
+    def find(name: str):
+        return recursive_find_python_class(str(tmp_path), name, None, base_folder=str(tmp_path))
+
+    naive = find("nnUNetTrainerBiPVL_naiveLabels_lat3x7")
+    assert issubclass(naive, nnUNetTrainerBiPVL) and naive.swap_words_when_mirroring is False
+    assert (naive.budget.epochs, naive.budget.iterations_per_epoch) == (3, 7)
+    assert find("nnUNetTrainerBiPVL_lat3x7").swap_words_when_mirroring is True
+    assert issubclass(find("nnUNetTrainerNoMirroring_lat3x7"), nnUNetTrainerNoMirroring)
+    assert issubclass(find("nnUNetTrainerLateral_lat3x7"), nnUNetTrainerLateral)
+    no_mirror = find("nnUNetTrainerBiPVL_noMirror_lat3x7")
+    assert no_mirror.configure_rotation_dummyDA_mirroring_and_inital_patch_size is not \
+        nnUNetTrainerBiPVL.configure_rotation_dummyDA_mirroring_and_inital_patch_size
+    # every row is scored on the test cases by the script: nnU-Net's final validation is left out
+    assert naive.perform_actual_validation is not nnUNetTrainerBiPVL.perform_actual_validation
