@@ -43,7 +43,7 @@ setup(
         "pandas",
         "pillow",
     ],
-    extras_require={"test": ["pytest>=7", "openpyxl"]},
+    extras_require={"test": ["pytest>=7", "openpyxl"], "peers": ["monai>=1.6"]},  # peers: benchmarks/peers.py
     entry_points={
         "console_scripts": [
             "nnunet_vl=nnunet_vl.cli.main:main",

@@ -96,7 +96,8 @@ class nnUNetPredictorVL(TextPredictor):
             tokenizer = TextTokenizer(tokenizer_from_files(assets.tokenizer_files), plan["max_tokens"],
                                       plan["max_label_tokens"], plan["max_concept_tokens"])
         return TextProvider(tokenizer, assets.label_texts, dict(reports), plan["direction_axes"], source=source,
-                            fixed_side_names=dataset_fixed_side_names(self.dataset_json))
+                            fixed_side_names=dataset_fixed_side_names(self.dataset_json),
+                            lateral_pairs=plan.get("lateral_pairs") or ())
 
     @contextmanager
     def using_reports(self, reports: Reports):

@@ -39,7 +39,6 @@ class BiPVLUNet(nn.Module):
       log_vars        (2,)       learned log-variances of (global, local), only with uncertainty_weighting
     """
 
-    reads_class_texts = True  # test-time mirroring leaves out the axes the class texts name (TextPredictor)
 
     def __init__(
         self,

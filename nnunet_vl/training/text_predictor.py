@@ -72,6 +72,7 @@ class TextPredictor(nnUNetPredictor):
         self._tile_slicers: deque = deque()
         self.text_provider: TextProvider | None = None
         self._case_text: TextInputs | None = None
+        self._view_texts: dict[tuple[int, ...], TextInputs] = {}  # per mirrored view of the case (select_case)
         self._case_item: dict | None = None
         self._all_mirror_axes = None
         self._lateral: tuple[LateralSwap, list[int]] | None = None
@@ -96,18 +97,18 @@ class TextPredictor(nnUNetPredictor):
 
     # ----- per case -----------------------------------------------------------------------------
     def select_case(self, case: str) -> None:
-        """Bind the case's text and choose its test-time mirror axes: those whose directions neither the report nor,
-        for a network that reads them (BiPVL; TMCA reads only reports), a class text names. A lateral pair's
-        left-right words do not count: its channels swap back instead."""
+        """Bind the case's text and choose its test-time mirror axes: those whose directions the report does not
+        name. Each mirrored view gets the text of a sample mirrored so in training: the class texts' direction
+        words of the flipped axes swapped (lateral pairs keep their left-right words: their channels swap back)."""
         self._case_text = self.text_provider.inputs([case], mode=self.text_mode).to(self.device)
         named = self.text_provider.anatomical_axes_named(case, self.text_mode)
-        if getattr(unwrap(self._vl_network()), "reads_class_texts", False):
-            pairs = self._lateral[0].names if self._lateral is not None else None  # None: the provider's own pairs
-            named |= self.text_provider.class_text_named_axes(pairs)
         axes_map = self.text_provider.direction_axes
         excluded = {axes_map[a] for a in ANATOMICAL_AXES if a in named and axes_map.get(a) is not None}
         kept = tuple(a for a in (self._all_mirror_axes or ()) if a not in excluded)
         self.allowed_mirroring_axes = kept or None
+        views = [c for i in range(1, len(kept) + 1) for c in itertools.combinations(kept, i)]
+        self._view_texts = {(): self._case_text, **{
+            view: self.text_provider.inputs([case], [view], mode=self.text_mode).to(self.device) for view in views}}
 
     def _with_case_text(self, data_iterator: Iterable[dict]) -> Iterator[dict]:
         for item in data_iterator:
@@ -166,8 +167,9 @@ class TextPredictor(nnUNetPredictor):
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         """nnU-Net's test-time mirroring (the mean over x and x flipped along every combination of the allowed axes,
         one network call each), written out here because each flipped call needs its own conditioning that nnU-Net's
-        loop cannot pass: the tile's place mirrored with it, and for a left-right flip the lateral pairs' channels
-        swapped back (the network labels the mirrored patient's left kidney a right kidney)."""
+        loop cannot pass: the tile's place mirrored with it, the view's text (select_case), and for a left-right flip
+        the lateral pairs' channels swapped back (the network labels the mirrored patient's left kidney a right
+        kidney)."""
         if self._case_text is None:
             raise RuntimeError("no case selected: call select_case(case_id) before predicting")
         place = self._next_tile_place()
@@ -177,8 +179,9 @@ class TextPredictor(nnUNetPredictor):
         combinations = [c for i in range(len(axes) + 1) for c in itertools.combinations(axes, i)]
         prediction = None
         for flipped in combinations:
-            text = self._case_text if place is None else replace(
-                self._case_text, place=mirror_place(place, flipped)[None].to(x.device))
+            text = self._view_texts.get(flipped, self._case_text)
+            if place is not None:
+                text = replace(text, place=mirror_place(place, flipped)[None].to(x.device))
             dims = [a + 2 for a in flipped]  # x is (b, c, *spatial)
             out = TextBoundNetwork(self.network, text)(torch.flip(x, dims) if dims else x)
             out = torch.flip(out, dims) if dims else out

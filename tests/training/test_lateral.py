@@ -256,14 +256,22 @@ def test_image_only_lateral_trainer_reads_the_first_preprocessed_case(tmp_path):
     assert trainer.lateral_swap().left_right_axis == 2
 
 
-class _ClassTextNetwork(_SidedNetwork):
-    reads_class_texts = True  # as BiPVLUNet: the class texts reach the network
+class _ClassTextProbe(_SidedNetwork):
+    """_SidedNetwork that records the class token ids of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.class_ids: list[torch.Tensor] = []
+
+    def forward(self, x, text):
+        self.class_ids.append(text.class_ids.clone())
+        return super().forward(x, text)
 
 
-def test_test_time_mirroring_leaves_out_axes_the_class_texts_name(tiny_bert):
-    """A class text that names an axis leaves it out of test-time mirroring like a report; a lateral pair's side
-    words do not (its channels swap back), fixed side names never count, and a network that reads no class texts
-    (TMCA) ignores them."""
+def test_test_time_views_get_the_class_texts_of_a_sample_mirrored_so(tiny_bert):
+    """Class texts that name an axis do not leave it out of test-time mirroring (the report's named axes still
+    do): each mirrored view reads the class texts as a sample mirrored so in training would, the lateral pair's
+    left-right words kept (its channels swap back), fixed side names never swapped."""
     from transformers import BertTokenizerFast
 
     from nnunet_vl.text.provider import TextProvider
@@ -273,27 +281,39 @@ def test_test_time_mirroring_leaves_out_axes_the_class_texts_name(tiny_bert):
     reports = {"plain": "round lesion", "side": "lesion on the left"}
     base = [("background", {"definition": "background"}),
             ("kidney_left", {"definition": "the left kidney on the left side"}),
-            ("kidney_right", {"definition": "the right kidney on the right side"}), ("liver", {"definition": "liver"})]
+            ("kidney_right", {"definition": "the right kidney on the right side"})]
 
-    def allowed(liver: str, network=None, plan: dict = PLAN, case: str = "plain"):
-        predictor = _predictor(plan)
-        predictor.network = network if network is not None else _ClassTextNetwork()
+    def predicted(liver: str, case: str = "plain"):
+        predictor = _predictor(PLAN)
+        predictor.network = _ClassTextProbe()
         predictor._all_mirror_axes = (0, 1)  # the trainer's inference axes
-        texts = [*base[:3], ("liver", {"definition": liver})]
-        # as nnUNetPredictorVL builds it: no lateral pairs in the provider, the predictor knows them from the plans
-        predictor.set_text_provider(TextProvider(tokenizer, texts, reports, PLAN["direction_axes"]))
+        provider = TextProvider(tokenizer, [*base, ("liver", {"definition": liver})], reports, PLAN["direction_axes"],
+                                lateral_pairs=PLAN["lateral_pairs"])
+        predictor.set_text_provider(provider)
         predictor.select_case(case)
-        return predictor.allowed_mirroring_axes
+        predictor._internal_maybe_mirror_and_predict(torch.randn(1, 1, 6, 8))
+        return predictor, provider
 
-    assert allowed("liver") == (0, 1)  # only the pair names a side: left-right stays (channels swap back)
-    assert allowed("liver", plan={**PLAN, "lateral_pairs": []}) == (0,)  # unpaired, the kidneys' words name it
-    assert allowed("liver on the right side") == (0,)  # axis 1 is left-right
-    assert allowed("liver in the upper region") == (1,)  # axis 0 is superior-inferior
-    assert allowed("liver in the upper right region") is None
-    assert allowed("liver beside the left ventricle") == (0, 1)  # a fixed side name is no direction
-    assert allowed("liver in the upper region", case="side") is None  # report and class text together
-    assert allowed("liver in the upper region", network=_SidedNetwork()) == (0, 1)  # reads only reports
-    assert allowed("liver", network=_SidedNetwork(), case="side") == (0,)
+    def encoded(provider, text: str) -> torch.Tensor:
+        return provider.tokenizer.label_tensors([("liver", {"definition": text})])["class_ids"][0]
+
+    predictor, provider = predicted("liver on the right side, upper region")
+    assert predictor.allowed_mirroring_axes == (0, 1)  # class texts no longer leave axes out
+    calls = predictor.network.class_ids  # views (), (0,), (1,), (0, 1)
+    assert len(calls) == 4
+    liver = {view: ids[3] for view, ids in zip([(), (0,), (1,), (0, 1)], calls)}
+    assert torch.equal(liver[()], encoded(provider, "liver on the right side, upper region"))
+    assert torch.equal(liver[(0,)], encoded(provider, "liver on the right side, lower region"))
+    assert torch.equal(liver[(1,)], encoded(provider, "liver on the left side, upper region"))
+    assert torch.equal(liver[(0, 1)], encoded(provider, "liver on the left side, lower region"))
+    for ids in calls:  # the pair keeps its side words (axis 1 swaps its channels instead)
+        assert torch.equal(ids[1:3], calls[0][1:3])
+
+    fixed, _ = predicted("liver beside the left ventricle")
+    assert all(torch.equal(ids, fixed.network.class_ids[0]) for ids in fixed.network.class_ids)
+    side, _ = predicted("liver on the right side", case="side")
+    assert side.allowed_mirroring_axes == (0,)  # the report names left-right: left out, as before
+    assert len(side.network.class_ids) == 2
 
 
 @pytest.mark.parametrize("name, budget", [("nnUNetTrainerLateral_cpu", "cpu"), ("nnUNetTrainerLateral_demo", "demo")])
