@@ -1,6 +1,7 @@
 """BiPVL-Seg on nnU-Net: an nnU-Net encoder interleaved with progressive text chunks and fusion blocks."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -27,13 +28,14 @@ class BiPVLUNet(nn.Module):
     `planning.planners.token_pools` for high-resolution stages; None: every voxel is a token).
 
     Aux outputs (`return_aux=True`), all embeddings L2-normalised except the maps:
-      text_class      (B, C, P)  class text: each class's token in the final fused text
+      text_class      (B, C, P)  class text: each class's token in the final fused text (`class_text` "token"), or
+                                 the mean of its description's fused tokens ("sentences")
       visual_{k}      (B, C_k, *S_k) fused output of encoder stage k
       projection_{k}  (P, C_k)   weight of stage k's linear visual head (a Parameter). The loss mask-pools
                                  visual_{k} and applies the head afterwards (pooling commutes with it), so
                                  no P-channel map is built at every voxel of a high-resolution stage
       concept_text    (C, K, P)  each concept sentence through the full, unfused text encoder (no gradient
-                                 reaches the encoder from it, only the projection); (B, C, K, P) when the
+                                 reaches the encoder from it unless `train_concepts`); (B, C, K, P) when the
                                  samples read different class text sets (TextInputs.class_set)
       concept_present (C, K)     bool
       log_vars        (2,)       learned log-variances of (global, local), only with uncertainty_weighting
@@ -53,6 +55,8 @@ class BiPVLUNet(nn.Module):
         uncertainty_weighting: bool = False,
         recompute_stages: Sequence[int] = (),
         fusion_pool: Sequence[Sequence[int]] | None = None,
+        class_text: str = "token",
+        train_concepts: bool = False,
     ) -> None:
         super().__init__()
         channels = encoder_stage_channels(image_unet)
@@ -65,7 +69,9 @@ class BiPVLUNet(nn.Module):
         self.fusion_stages = stages
         self.recompute_stages = sorted(set(int(k) for k in recompute_stages))
         self.num_classes = num_classes
-        self.text_branch = ProgressiveTextEncoder(text_encoder, n_chunks=len(stages), num_segments=1 + num_classes)
+        self.train_concepts = train_concepts
+        self.text_branch = ProgressiveTextEncoder(text_encoder, n_chunks=len(stages), num_segments=1 + num_classes,
+                                                  class_text=class_text)
         hidden = self.text_branch.hidden_size
         conv_op = image_unet.encoder.conv_op
         self.fusion = nn.ModuleList(
@@ -125,10 +131,12 @@ class BiPVLUNet(nn.Module):
 
     def _text_embeddings(self, text: TextInputs, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class embeddings from the final fused text (B, T, H) and concept embeddings from the unfused encoder."""
-        class_text = hidden[:, text.report_ids.shape[1]:]  # one fused token per class
+        class_text = self.text_branch.class_states(text, hidden)  # one fused state per class
         shape = text.concept_ids.shape[:-1]  # (C, K), or (S, C, K) with one class text set per sample
         lk = text.concept_ids.shape[-1]
-        with torch.no_grad():  # fixed anchors: no gradient through the C*K concept sentences
+        # fixed anchors unless train_concepts: then the local loss also adapts the text encoder (BiPVL-Seg's purpose
+        # for it), at the cost of the C*K concept sentences' activations and backward through the encoder
+        with nullcontext() if self.train_concepts else torch.no_grad():
             concepts = self.text_branch.encode(text.concept_ids.reshape(-1, lk), text.concept_mask.reshape(-1, lk))
         # normalised in fp32: under fp16 autocast the projection is fp16, and F.normalize's eps underflows there
         concept_text = F.normalize(self.text_projection(concepts).float(), dim=-1).reshape(*shape, -1)

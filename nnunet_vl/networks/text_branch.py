@@ -12,6 +12,9 @@ except ImportError:  # older transformers 4.x: no mask factory, BERT layers take
     create_bidirectional_mask = None
 
 
+CLASS_TEXT_MODES = ("token", "sentences")  # how class descriptions enter the fused text (ProgressiveTextEncoder.embed)
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of tokens (..., L, H) over the real tokens of mask (..., L); zero where a row has none."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)
@@ -24,14 +27,17 @@ class ProgressiveTextEncoder(nn.Module):
 
     Chunk k runs right before fusion block k; the layers are split as evenly as possible (chunks are
     empty when there are fewer layers than chunks). The text of a sample is its report followed by
-    one token per class description; each segment is embedded on its own (positions restart, so no
-    segment overflows the position table) and gets a learned segment embedding (0 = report, 1 + c =
-    class c), initialised to zero so the pretrained text features are unchanged at the start. A
-    pooler, if present, is removed: it would receive no gradient.
+    the class descriptions, one token or all tokens each (`class_text`, see `embed`); each segment is embedded
+    on its own (positions restart, so no segment overflows the position table) and gets a learned segment
+    embedding (0 = report, 1 + c = class c), initialised to zero so the pretrained text features are unchanged
+    at the start. A pooler, if present, is removed: it would receive no gradient.
     """
 
-    def __init__(self, text_encoder: nn.Module, n_chunks: int, num_segments: int) -> None:
+    def __init__(self, text_encoder: nn.Module, n_chunks: int, num_segments: int, class_text: str = "token") -> None:
         super().__init__()
+        if class_text not in CLASS_TEXT_MODES:
+            raise ValueError(f"class_text '{class_text}' is not one of {CLASS_TEXT_MODES}")
+        self.class_text = class_text
         if n_chunks < 1:
             raise ValueError("ProgressiveTextEncoder needs at least one chunk")
         if getattr(text_encoder, "pooler", None) is not None:
@@ -48,29 +54,46 @@ class ProgressiveTextEncoder(nn.Module):
         return len(self.chunk_bounds) - 1
 
     def embed(self, text: TextInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token embeddings (B, Lr + C, H) and their mask (B, Lr + C) bool: the report's tokens, then one token
-        per class description.
+        """Token embeddings (B, Lr + C * n, H) and their mask (B, Lr + C * n) bool: the report's tokens, then each
+        class description as `class_text` says: one token (n = 1, "token") or its Lc tokens (n = Lc, "sentences").
 
-        A class token is the mean of its description's token embeddings (positions restart per
-        description): the descriptions are shared by the samples, and one token per class keeps
-        the per-sample sequence short, so the text layers cost O(B * (Lr + C)) instead of O(B * C * Lc).
+        "token": a class token is the mean of its description's token embeddings; one token per class keeps the
+        per-sample sequence short, so the text layers cost O(B * (Lr + C)) instead of O(B * (Lr + C * Lc)).
+        "sentences": the descriptions are read as language, through the text chunks and the fusion with the
+        report. Positions restart per description; every token of class c gets segment embedding 1 + c.
         With several class text sets (text.class_set) each set is embedded once and each sample gets its own's.
         """
         b, c = text.batch_size, text.num_classes
         lr = text.report_ids.shape[1]
         report = self.text_encoder.embeddings(input_ids=text.report_ids)
-        if text.class_set is None:
-            classes = masked_mean(self.text_encoder.embeddings(input_ids=text.class_ids), text.class_mask.bool())
-            classes = classes[None].expand(b, -1, -1)
+        sets = 1 if text.class_set is None else text.class_ids.shape[0]
+        lc = text.class_ids.shape[-1]
+        class_ids, class_mask = text.class_ids.reshape(sets * c, lc), text.class_mask.reshape(sets * c, lc).bool()
+        words = self.text_encoder.embeddings(input_ids=class_ids)  # (S * C, Lc, H)
+        if self.class_text == "token":
+            classes, class_mask = masked_mean(words, class_mask)[:, None], torch.ones_like(class_mask[:, :1])
         else:
-            sets = text.class_ids.shape[0]
-            classes = masked_mean(self.text_encoder.embeddings(input_ids=text.class_ids.flatten(0, 1)),
-                                  text.class_mask.flatten(0, 1).bool()).unflatten(0, (sets, c))[text.class_set]
+            classes = words
+        n = classes.shape[1]
+        classes = classes.reshape(sets, c * n, -1)
+        class_mask = class_mask.reshape(sets, c * n)
+        pick = torch.zeros(b, dtype=torch.long, device=report.device) if text.class_set is None else text.class_set
         segments = torch.cat([torch.zeros(lr, dtype=torch.long, device=report.device),
-                              torch.arange(1, c + 1, device=report.device)])
-        hidden = torch.cat([report, classes], dim=1) + self.segment_embedding(segments)
-        mask = torch.cat([text.report_mask.bool(), torch.ones(b, c, dtype=torch.bool, device=report.device)], dim=1)
+                              torch.arange(1, c + 1, device=report.device).repeat_interleave(n)])
+        hidden = torch.cat([report, classes[pick]], dim=1) + self.segment_embedding(segments)
+        mask = torch.cat([text.report_mask.bool(), class_mask[pick]], dim=1)
         return hidden, mask
+
+    def class_states(self, text: TextInputs, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, C, H) one state per class from the fused text (B, T, H): its token, or the mean over its
+        description's real tokens ("sentences")."""
+        classes = hidden[:, text.report_ids.shape[1]:]
+        if self.class_text == "token":
+            return classes
+        b, c, lc = text.batch_size, text.num_classes, text.class_ids.shape[-1]
+        mask = text.class_mask.reshape(-1, c, lc).bool()
+        mask = mask[0].expand(b, -1, -1) if text.class_set is None else mask[text.class_set]
+        return masked_mean(classes.reshape(b, c, lc, -1), mask)
 
     def layer_mask(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         """The attention mask in the format the wrapped encoder's layers expect (None = attend everywhere)."""

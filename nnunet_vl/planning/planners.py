@@ -11,6 +11,7 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
 
 from nnunet_vl.networks.fusion import fusion_width
+from nnunet_vl.networks.text_branch import CLASS_TEXT_MODES
 from nnunet_vl.package_data import PRESETS, data_dir, data_files
 
 # bytes per fusion token and channel in one fusion block (activations kept for backward, fp16 + attention I/O)
@@ -44,6 +45,17 @@ def load_preset(name_or_path: str) -> dict:
     preset = json.loads(path.read_text(encoding="utf-8"))
     preset["name"] = path.stem
     return preset
+
+
+def class_text_mode(preset: dict) -> str:
+    """How class descriptions enter BiPVL's fused text (networks.text_branch.CLASS_TEXT_MODES): the preset's
+    `class_text`, "token" when it has none."""
+    mode = preset.get("class_text", "token")
+    if mode not in CLASS_TEXT_MODES:
+        raise PresetError(f"preset '{preset.get('name')}': class_text '{mode}' is not one of {CLASS_TEXT_MODES}. Fix: "
+                          f"set \"class_text\" to \"token\" (one token per class) or \"sentences\" (each description "
+                          f"read through the text layers and the fusion)")
+    return mode
 
 
 def _round_up(n: float, multiple: int = 8) -> int:
@@ -251,7 +263,9 @@ class VLPlannerMixin:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
         max_report, max_label, max_concept = self._token_limits()
         class_names = self.text_spec["class_names"]
-        num_text_tokens = max_report + len(class_names)  # one token per class joins the report in fusion
+        class_text = class_text_mode(preset)
+        # each class joins the report in fusion as one token, or as its description's tokens ("sentences")
+        num_text_tokens = max_report + len(class_names) * (1 if class_text == "token" else max_label)
         stages, pools, estimate_mb, held_mb, reason = self._fusion_stages(conf, num_text_tokens)
         axes, source = direction_axes_from_geometry(self.text_spec["image_properties"], transpose_forward)
         if len(conf["patch_size"]) == 2:  # a 2D configuration sees transposed axes 1 and 2
@@ -296,6 +310,8 @@ class VLPlannerMixin:
             "text_encoder_vram_mb": encoder_mb,
             "text_encoder_vram_warning": encoder_warning,
             "train_word_embeddings": bool(preset.get("train_word_embeddings", False)),
+            "class_text": class_text,
+            "train_concepts": bool(preset.get("train_concepts", False)),
             "text_lr_factor": preset["text_lr_factor"],
             "contrastive": dict(preset["contrastive"]),
             "tmca": tmca,

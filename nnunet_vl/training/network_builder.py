@@ -91,7 +91,8 @@ def build_vl_network(method: str, plans_manager: PlansManager, configuration_man
         network = BiPVLUNet(image_unet, text_encoder, text["fusion_stages"], text["fusion_dim"],
                             text["fusion_heads"], text["fusion_depth"], num_classes, contrastive["proj_dim"],
                             contrastive["uncertainty_weighting"], text.get("recompute_stages", []),
-                            text.get("fusion_pool"))
+                            text.get("fusion_pool"), text.get("class_text", "token"),
+                            bool(text.get("train_concepts", False)))
     elif method == "tmca":
         from nnunet_vl.networks.tmca_unet import TMCAUNet
 

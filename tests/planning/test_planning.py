@@ -267,3 +267,32 @@ def test_presets():
     assert load_preset("light")["fusion_stages"] == 2
     with pytest.raises(PresetError, match="bipvl"):
         load_preset("nope")
+
+
+def test_class_text_sentences_reach_plans_network_and_text_budget(planned_2d, tiny_bert, nnunet_folders, tmp_path):
+    """The preset's class_text and train_concepts reach the plans and the network; read as sentences, the class
+    descriptions' tokens count in the fusion estimate (C * max_label_tokens instead of C tokens)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_vl.planning.api import plan_and_preprocess_vl
+    from nnunet_vl.training.network_builder import build_vl_network
+
+    preset = tmp_path / "sentences.json"
+    preset.write_text(json.dumps(dict(load_preset("bipvl"), class_text="sentences", train_concepts=True)),
+                      encoding="utf-8")
+    plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                           no_preprocessing=True, plans_name="SentencesPlans", preset=str(preset))
+    folder = nnunet_folders["nnUNet_preprocessed"] / "Dataset801_SynthVL2D"
+    token = _load(folder / "nnUNetPlans.json")["configurations"]["2d"]["text"]
+    plans = PlansManager(str(folder / "SentencesPlans.json"))
+    sentences = plans.get_configuration("2d").configuration["text"]
+    assert (token["class_text"], token["train_concepts"]) == ("token", False)
+    assert (sentences["class_text"], sentences["train_concepts"]) == ("sentences", True)
+    assert sum(sentences["fusion_vram_estimate_mb"].values()) > sum(token["fusion_vram_estimate_mb"].values())
+    network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)
+    assert network.text_branch.class_text == "sentences" and network.train_concepts
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(load_preset("bipvl"), class_text="words")), encoding="utf-8")
+    with pytest.raises(PresetError, match="class_text 'words'"):
+        plan_and_preprocess_vl(801, configurations=["2d"], text_encoder=str(tiny_bert), num_processes_fingerprint=1,
+                               no_preprocessing=True, plans_name="BadPlans", preset=str(bad))
