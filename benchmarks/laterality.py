@@ -2,7 +2,7 @@
 objects, one per left/right half, labelled `kidney_left` / `kidney_right` (a lateral pair: the plans list it under
 `lateral_pairs`), and a report naming the side whose kidney is enlarged.
 
-Rows, 2D and 3D, at one budget: {image-only, BiPVL} x {no mirroring, naive mirroring (nnU-Net's: the pair's label ids
+Rows, 2D and 3D, at one budget per setting: {image-only, BiPVL} x {no mirroring, naive mirroring (nnU-Net's: the pair's label ids
 and the report's words stay as they are), laterality-aware mirroring (ids and words swap with a left-right flip)}:
 
     image-only: nnUNetTrainerNoMirroring / nnUNetTrainer / nnUNetTrainerLateral
@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_WORKDIR = DEFAULT_OUT / "work_laterality"
-TRAINER_MODULE = "laterality_budgets.py"
+TRAINER_MODULE = "laterality_budgets_{suffix}.py"  # one module per budget: runs of other budgets keep theirs
 PATCH_POSITIONS_TRAINER = "nnUNetTrainerBiPVL_patchPositions"
 LABELS = ("kidney_left", "kidney_right")
 SEED = 0  # make-synthetic seed of every dataset
@@ -71,11 +71,11 @@ def rows_for(setting: str) -> list[dict]:
     if SETTINGS[setting]["patch"] is None:
         return [{"setting": setting, "model": model, "mirroring": mirroring, "family": FAMILIES[model, mirroring]}
                 for model in ("image-only", "BiPVL") for mirroring in MIRRORING]
-    return [{"setting": setting, "model": "image-only", "mirroring": "aware", "family": "nnUNetTrainerLateral"},
-            {"setting": setting, "model": "BiPVL", "mirroring": "aware", "positions": "image-level",
+    return [{"setting": setting, "model": "BiPVL", "mirroring": "aware", "positions": "image-level",
              "family": "nnUNetTrainerBiPVL"},
             {"setting": setting, "model": "BiPVL", "mirroring": "aware", "positions": "patch-relative",
-             "family": PATCH_POSITIONS_TRAINER}]
+             "family": PATCH_POSITIONS_TRAINER},
+            {"setting": setting, "model": "image-only", "mirroring": "aware", "family": "nnUNetTrainerLateral"}]
 
 
 def row_key(row: dict) -> str:
@@ -148,7 +148,8 @@ def image_positions_of(family: str, module: str | None) -> bool | None:
 
 def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterations: int,
                           patch_positions_module: str | None) -> None:
-    """One class per trainer family at the budget in `folder`/laterality_budgets.py, e.g. nnUNetTrainerLateral_lat6x20.
+    """One class per trainer family at the budget in `folder`/laterality_budgets_<budget>.py, e.g.
+    nnUNetTrainerLateral_lat6x20.
 
     The BiPVL families without a shipped class are defined here: `_noMirror` (no mirroring in training or at test
     time, as nnUNetTrainerNoMirroring) and `_naiveLabels` (mirrored as nnU-Net mirrors: no label swap, no word swap)."""
@@ -191,7 +192,7 @@ def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterat
         lines += [f"class {family}_{suffix}(_ScoredByTheBenchmark, WithBudget, {base}):", "    budget = BUDGET", "", ""]
     folder.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines).rstrip() + "\n"
-    target = folder / TRAINER_MODULE
+    target = folder / TRAINER_MODULE.format(suffix=suffix)
     if not target.is_file() or target.read_text() != text:
         target.write_text(text)
 
@@ -347,6 +348,7 @@ def run_benchmark(settings: list[str], workdir: Path, epochs: int, iterations: i
         conf = plans["configurations"][spec["configuration"]]
         data[setting] = {"dataset": folder.name, "image": spec["size"], "patch": conf["patch_size"],
                          "batch_size": conf["batch_size"], "plans": plans_id, "configuration": spec["configuration"],
+                         "budget": {"epochs": epochs, "iterations_per_epoch": iterations},
                          "lateral_pairs": conf["text"]["lateral_pairs"],
                          "left_right_axis": conf["text"]["direction_axes"]["left_right"]}
         for row in rows_for(setting):
@@ -389,18 +391,18 @@ def _gap(a: dict | None, b: dict | None, label: str) -> str:
 
 def markdown(summary: dict, command: str) -> str:
     """The results as markdown: one table per setting, then the per-label gaps between mirroring modes."""
-    b = summary["budget"]
     lines = ["## Laterality: mirroring with a left/right label pair", "",
-             f"Command: `{command}` ({summary['wall_time_s'] / 60:.1f} min this invocation; code {summary['code']}). "
-             f"{summary['data']['num_train']} training cases (fold 0 of nnU-Net's split trains on 80%), "
-             f"{summary['data']['num_test']} held-out test cases, seed {summary['data']['seed']}; "
-             f"{b['epochs']} x {b['iterations_per_epoch']} iterations per row; no test-time mirroring; Dice per label "
-             "by nnU-Net's evaluation (mean over test cases). One run per row.", ""]
+             f"{summary['data']['num_train']} training cases per setting (fold 0 of nnU-Net's split trains on 80%), "
+             f"{summary['data']['num_test']} held-out test cases, dataset seed {summary['data']['seed']}; no test-time "
+             "mirroring; Dice per label by nnU-Net's evaluation (mean over test cases). One run per row.", ""]
     for setting, info in summary["settings"].items():
         rows = [r for r in summary["rows"] if r["setting"] == setting]
+        b = info.get("budget", summary["budget"])
         lines += [f"**{setting}** (`{info['dataset']}`, image {'x'.join(map(str, info['image']))}, patch "
                   f"{'x'.join(map(str, info['patch']))}, batch {info['batch_size']}, plans `{info['plans']}`, "
-                  f"lateral pairs {info['lateral_pairs']}, left-right axis {info['left_right_axis']})", "",
+                  f"lateral pairs {info['lateral_pairs']}, left-right axis {info['left_right_axis']}; "
+                  f"{b['epochs']} x {b['iterations_per_epoch']} iterations per row). Command: "
+                  f"`{info.get('command', command)}`, code {info.get('code', summary['code'])}.", "",
                   "| model | mirroring | kidney_left | kidney_right | mean | training (min) | trainer |",
                   "|---|---|---|---|---|---|---|"]
         for row in rows:
@@ -490,7 +492,26 @@ def main(argv: list[str] | None = None) -> None:
                             args.num_train, args.num_test, args.text_encoder, args.batch_size,
                             None if args.max_minutes is None else 60 * args.max_minutes)
     summary["command"] = command
+    for info in summary["settings"].values():
+        info.update(command=command, code=summary["code"], wall_time_s=summary["wall_time_s"])
+    if not args.smallest:
+        keep_earlier_settings(summary, Path(args.out).resolve() / "laterality.json")
     write_outputs(summary, Path(args.workdir if args.smallest else args.out).resolve())
+
+
+def keep_earlier_settings(summary: dict, earlier_file: Path) -> None:
+    """Add the settings (and their rows) of an earlier run's JSON that this run did not run, in SETTINGS order."""
+    if not earlier_file.is_file():
+        return
+    earlier = json.loads(earlier_file.read_text(encoding="utf-8"))
+    kept = {s: info for s, info in earlier.get("settings", {}).items() if s not in summary["settings"]}
+    if not kept:
+        return
+    merged = {**kept, **summary["settings"]}
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    summary["settings"] = dict(sorted(merged.items(), key=lambda item: order.get(item[0], len(order))))
+    rows = [r for r in earlier["rows"] if r["setting"] in kept] + summary["rows"]
+    summary["rows"] = sorted(rows, key=lambda r: order.get(r["setting"], len(order)))
 
 
 def write_outputs(summary: dict, out: Path, stem: str = "laterality") -> None:

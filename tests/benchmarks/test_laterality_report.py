@@ -56,7 +56,7 @@ def test_report_lists_labels_gaps_and_rows_not_run(tmp_path):
     assert "| image-only | kidney_left | +0.450 | +0.480 | +0.030 |" in table
     assert "| image-only | kidney_right | +0.380 | +0.410 | +0.030 |" in table
     assert "| BiPVL | kidney_left | – | – | +0.050 |" in table
-    assert "code abc1234 (snapshot)" in table and "patch 32x32x32" in table
+    assert "code abc1234 (snapshot)" in table and "patch 32x32x32" in table and "6 x 20 iterations per row" in table
 
 
 def test_rows_and_budget_trainers(tmp_path):
@@ -65,11 +65,11 @@ def test_rows_and_budget_trainers(tmp_path):
     assert [(r["model"], r["mirroring"]) for r in rows] == [
         (m, k) for m in ("image-only", "BiPVL") for k in ("none", "naive", "aware")]
     large = laterality.rows_for("3D, image > patch")
-    assert [r.get("positions") for r in large] == [None, "image-level", "patch-relative"]
-    assert large[2]["family"] == laterality.PATCH_POSITIONS_TRAINER
+    assert [r.get("positions") for r in large] == ["image-level", "patch-relative", None]
+    assert large[1]["family"] == laterality.PATCH_POSITIONS_TRAINER
 
     laterality.write_budget_trainers(tmp_path, 3, 7, 2, None)
-    text = (tmp_path / laterality.TRAINER_MODULE).read_text()
+    text = (tmp_path / laterality.TRAINER_MODULE.format(suffix="lat3x7")).read_text()
     compile(text, "laterality_budgets.py", "exec")
     for family in ("nnUNetTrainerNoMirroring", "nnUNetTrainer", "nnUNetTrainerLateral", "nnUNetTrainerBiPVL",
                    "nnUNetTrainerBiPVL_noMirror", "nnUNetTrainerBiPVL_naiveLabels"):
@@ -103,3 +103,18 @@ def test_budget_trainers_are_found_by_nnunet_and_mirror_as_named(tmp_path):
         nnUNetTrainerBiPVL.configure_rotation_dummyDA_mirroring_and_inital_patch_size
     # every row is scored on the test cases by the script: nnU-Net's final validation is left out
     assert naive.perform_actual_validation is not nnUNetTrainerBiPVL.perform_actual_validation
+
+
+def test_a_run_of_other_settings_keeps_the_earlier_ones(tmp_path):
+    laterality = _laterality()
+    earlier = _summary()
+    (tmp_path / "laterality.json").write_text(json.dumps(earlier))
+    now = _summary()
+    now["settings"] = {"3D, image > patch": {**now["settings"]["3D, image > patch"],
+                                            "budget": {"epochs": 3, "iterations_per_epoch": 20}}}
+    now["rows"] = [r for r in now["rows"] if r["setting"] == "3D, image > patch"][:1]
+    laterality.keep_earlier_settings(now, tmp_path / "laterality.json")
+    assert list(now["settings"]) == ["2D", "3D, image > patch"]
+    assert [r["setting"] for r in now["rows"]] == ["2D"] * 6 + ["3D, image > patch"]
+    table = laterality.markdown(now, "python benchmarks/laterality.py")
+    assert "6 x 20 iterations per row" in table and "3 x 20 iterations per row" in table
