@@ -95,17 +95,39 @@ def option_built(option: ClassTextOption, sources: tuple[Path, ...] = OPTION_SOU
     return False
 
 
-def option_plans(preprocessed: Path, option: ClassTextOption) -> str:
-    """The plans identifier of a class-text option (a copy of nnUNetPlans, same data identifier, when it sets a key)."""
+def option_plans_name(option: ClassTextOption) -> str:
+    """nnUNetPlans for the default, else nnUNetPlans_<key without underscores>_<value> (nnUNetPlans_classtext_sentences)."""
+    return PLANS if option.key is None else f"{PLANS}_{option.key.replace('_', '')}_{option.value}"
+
+
+def option_preset(option: ClassTextOption, folder: Path, base: Path = REPO / "planners" / "bipvl.json") -> Path:
+    """A preset file for the planner: the shipped `bipvl` preset with the option's key set (rewritten when changed)."""
+    preset = json.loads(base.read_text(encoding="utf-8"))
+    preset[option.key] = option.value
+    preset["description"] = f"{base.stem} with {option.key} = {option.value} (written by benchmarks/real3d.py)"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"preset_{base.stem}_{option.key}_{option.value}.json"
+    text = json.dumps(preset, indent=1) + "\n"
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        target.write_text(text, encoding="utf-8")
+    return target
+
+
+def option_plans(option: ClassTextOption, dataset_id: int, preprocessed: Path, workdir: Path, encoder: str, env: dict,
+                 log: Path, started: float) -> str:
+    """The plans identifier of a class-text option: nnUNetPlans, or the planner's own plans for the option's preset
+    (`nnUNetv2_plan_and_preprocess_vl --preset FILE -overwrite_plans_name ...`; its image part must match nnUNetPlans)."""
     if option.key is None:
         return PLANS
-    plans = json.loads((preprocessed / f"{PLANS}.json").read_text(encoding="utf-8"))
-    identifier = f"{PLANS}_classtext_{option.value}"
-    plans["plans_name"] = identifier
-    plans["configurations"][CONFIGURATION].setdefault("text", {})[option.key] = option.value
-    target = preprocessed / f"{identifier}.json"
-    if not target.is_file() or json.loads(target.read_text(encoding="utf-8")) != plans:
-        target.write_text(json.dumps(plans, indent=1) + "\n", encoding="utf-8")
+    identifier = option_plans_name(option)
+    plans = plan(dataset_id, preprocessed, encoder, env, log, started, plans_name=identifier,
+                 preset=option_preset(option, workdir / "presets"), expect_text={option.key: option.value})
+    default = json.loads((preprocessed / f"{PLANS}.json").read_text())
+    drop = ("data_identifier",)
+    if {k: v for k, v in image_part(plans).items() if k not in drop} != \
+            {k: v for k, v in image_part(default).items() if k not in drop}:
+        raise RuntimeError(f"{identifier} differs from {PLANS} outside the text section: the rows would not train the "
+                           f"same U-Net")
     return identifier
 
 
@@ -161,27 +183,34 @@ def name_only_texts(src: Path) -> dict[str, str]:
     return {name: name.replace("_", " ") for name in labels if name != "background"}
 
 
-def plan(dataset_id: int, preprocessed: Path, encoder: str, env: dict, log: Path, started: float) -> dict:
-    """`nnunet_vl check` and `nnUNetv2_plan_and_preprocess_vl -c 3d_fullres` unless complete plans for this encoder
-    exist; returns the plans."""
+def plan(dataset_id: int, preprocessed: Path, encoder: str, env: dict, log: Path, started: float,
+         plans_name: str = PLANS, preset: Path | None = None, expect_text: dict | None = None) -> dict:
+    """`nnunet_vl check` (default plans only) and `nnUNetv2_plan_and_preprocess_vl -c 3d_fullres` (with --preset and
+    -overwrite_plans_name when given) unless complete plans for this encoder exist; returns the plans."""
     from nnunet_vl.cli.demo import _bin, _run
 
-    plans_file = preprocessed / f"{PLANS}.json"
+    plans_file = preprocessed / f"{plans_name}.json"
+    wanted = {"encoder": encoder, **(expect_text or {})}
     if plans_file.is_file():
         plans = json.loads(plans_file.read_text())
         config = plans["configurations"].get(CONFIGURATION, {})
-        data = preprocessed / config.get("data_identifier", f"{PLANS}_{CONFIGURATION}")
+        identifier = config.get("data_identifier")
+        data = preprocessed / str(identifier)
         expected = json.loads((preprocessed / "dataset.json").read_text())["numTraining"] \
             if (preprocessed / "dataset.json").is_file() else -1
-        if config.get("text", {}).get("encoder") == encoder and data.is_dir() \
-                and len(list(data.glob("*.pkl"))) == expected:
+        text = config.get("text", {})
+        if all(text.get(k) == v for k, v in wanted.items()) and identifier == f"{plans_name}_{CONFIGURATION}" \
+                and data.is_dir() and len(list(data.glob("*.pkl"))) == expected:
             _say(started, f"using existing plans {plans_file}")
             return plans
-    _run(f"check {dataset_id}", [_bin("nnunet_vl"), "check", "-d", str(dataset_id), "--text-encoder", encoder], env,
-         log, started)
-    _run(f"plan and preprocess {dataset_id}", [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c",
-                                               CONFIGURATION, "-np", "1", "-npfp", "1", "--text-encoder", encoder],
-         env, log, started)
+    if plans_name == PLANS:
+        _run(f"check {dataset_id}", [_bin("nnunet_vl"), "check", "-d", str(dataset_id), "--text-encoder", encoder],
+             env, log, started)
+    extra = (["--preset", str(preset)] if preset is not None else []) + \
+        (["-overwrite_plans_name", plans_name] if plans_name != PLANS else [])
+    _run(f"plan and preprocess {dataset_id} ({plans_name})",
+         [_bin("nnUNetv2_plan_and_preprocess_vl"), "-d", str(dataset_id), "-c", CONFIGURATION, "-np", "1", "-npfp",
+          "1", "--text-encoder", encoder, *extra], env, log, started)
     return json.loads(plans_file.read_text())
 
 
@@ -192,8 +221,7 @@ def image_part(plans: dict) -> dict:
 
 def class_text_named_axes(label_texts: dict | None, label_names: list[str]) -> list[str]:
     """The anatomical axes whose direction words the class texts name, as nnunet_vl's TextProvider finds them (names
-    like "left atrium" are fixed, "posterior" is not). nnunet_vl swaps those words in mirrored training samples and
-    leaves those axes out of BiPVL's test-time mirroring."""
+    like "left atrium" are fixed, "posterior" is not): nnunet_vl swaps those words in samples mirrored along them."""
     from nnunet_vl.text.directions import direction_words
 
     words = direction_words(())
@@ -506,10 +534,10 @@ def reading(summary: dict) -> list[str]:
     named = summary.get("class_text_named_axes", {}).get("description")
     if named:
         lines.append(f"- The description names directions along {', '.join(named)} (e.g. \"posterior\", \"below\"): "
-                     "nnunet_vl swaps those words in training samples mirrored along them (part of how the description "
-                     "rows train), and BiPVL's test-time mirroring leaves those axes out, so in nnU-Net's final "
-                     "validation the description rows mirror fewer axes than the image-only and name-only rows. The "
-                     "compared score (no test-time mirroring) is the same protocol for every row.")
+                     "nnunet_vl swaps those words whenever a sample is mirrored along them (training augmentation, and "
+                     "test-time mirroring as the installed nnunet_vl handles it), so the description rows' text changes "
+                     "with mirroring and the name-only row's does not. The compared score (no test-time mirroring) is "
+                     "the same protocol for every row; nnU-Net's final validation column is there for reference.")
     n_val = summary["data"]["val"]
     widths = [p["ci95"][1] - p["ci95"][0] for p in pairs if p.get("n", 0) > 1]
     width = f"the paired 95% intervals here are {min(widths):.1f}–{max(widths):.1f} points wide, " if widths else ""
@@ -547,8 +575,7 @@ def markdown(summary: dict, command: str) -> str:
              f"{b['iterations_per_epoch']} iterations ({b['val_iterations_per_epoch']} validation iterations per "
              f"epoch) for every row. Dice (nnU-Net's evaluation, mean over cases, %) of fold 0's validation cases "
              f"predicted without test-time mirroring, the same protocol for every row (the comparisons and the goal "
-             f"use it); beside it nnU-Net's own final validation (with test-time mirroring; see the reading for the "
-             f"axes BiPVL leaves out). Time per epoch: median of nnU-Net's \"Epoch time\" lines "
+             f"use it); beside it nnU-Net's own final validation (with test-time mirroring). Time per epoch: median of nnU-Net's \"Epoch time\" lines "
              f"(first epoch in brackets). Peak memory: {summary['peak_memory_method']}. {summary['runs_note']}", "",
              "| row | run | Dice (%) | per-case SD | final validation Dice (%) | s per epoch | peak RSS (MB) | "
              "training + validation (min) |",
@@ -675,7 +702,8 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
         key = row["dataset"]
         did = DATASETS[key][0]
         preprocessed = pre_root / folders[key].name
-        plans_id = option_plans(preprocessed, options[row["option"]]) if "option" in row else PLANS
+        plans_id = option_plans(options[row["option"]], did, preprocessed, workdir, encoder, env, log, started) \
+            if "option" in row else PLANS
         results = res_root / folders[key].name
         train_row(did, row["trainer"], plans_id, results, env, log, started, records, epochs)
         folder = fold_dir(results, row["trainer"], plans_id)

@@ -138,17 +138,16 @@ def test_options_are_detected_by_their_key_and_rows_say_so(tmp_path):
     assert all("status" not in r for r in rows)
 
 
-def test_option_plans_copy_sets_the_key_and_keeps_the_data(tmp_path):
+def test_option_preset_is_the_bipvl_preset_with_the_key(tmp_path):
     real3d = _real3d()
-    plans = {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres",
-                                                                           "text": {"encoder": "minilm"}}}}
-    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
-    assert real3d.option_plans(tmp_path, real3d.CLASS_TEXT_OPTIONS[0]) == "nnUNetPlans"
+    assert real3d.option_plans_name(real3d.CLASS_TEXT_OPTIONS[0]) == "nnUNetPlans"
     option = real3d.ClassTextOption("sentences", "as sentences", "class_text", "sentences")
-    identifier = real3d.option_plans(tmp_path, option)
-    copy = json.loads((tmp_path / f"{identifier}.json").read_text())["configurations"]["3d_fullres"]
-    assert copy["text"] == {"encoder": "minilm", "class_text": "sentences"}
-    assert copy["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert real3d.option_plans_name(option) == "nnUNetPlans_classtext_sentences"
+    base = tmp_path / "bipvl.json"
+    base.write_text(json.dumps({"description": "BiPVL-Seg defaults", "fusion_dim": 128, "class_text": "token"}))
+    preset = json.loads(real3d.option_preset(option, tmp_path / "presets", base).read_text())
+    assert preset["class_text"] == "sentences" and preset["fusion_dim"] == 128
+    assert preset["description"].startswith("bipvl with class_text = sentences")
 
 
 def test_budget_trainers_per_run_are_found_by_nnunet(tmp_path):
