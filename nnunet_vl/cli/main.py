@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nnunet_vl.cli.environment import trainer_dir
 from nnunet_vl.cli.errors import CheckFailedError, run_with_clear_errors
+from nnunet_vl.data.synthetic import RULES
 
 
 def _raw_root(arg: str | None) -> Path:
@@ -122,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs="+", default=None,
                    help="image edge length (default 64 in 2D, 32 in 3D), or one per array axis (3D: z y x)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rule", default="position", choices=["position", "side", "size", "mixed", "lateral"],
+    p.add_argument("--rule", default="position", choices=list(RULES),
                    help="lateral: two look-alike objects labelled kidney_left / kidney_right (a lateral pair), the "
-                        "report names the enlarged side")
+                        "report names the enlarged side; rank / size_rank / combined / relational: the target named by "
+                        "its rank among 3-5 look-alikes (test cases also in held-out wording, reports_heldout.json)")
     p.add_argument("--name", default=None)
     p.add_argument("--raw", default=None)
     p.add_argument("--overwrite", action="store_true")

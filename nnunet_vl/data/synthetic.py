@@ -18,6 +18,10 @@ independently of the pixels, and the report names it by one cue:
   ``benchmarks/laterality.py``: mirroring along the left-right axis without swapping the pair's labels
   teaches the wrong side. ``size`` may give one edge per array axis, e.g. ``(32, 32, 64)``: an image
   longer along left-right than a patch.
+- ``rank``, ``size_rank``, ``combined``, ``relational``: relational reports (nnunet_vl.data.relational): the target
+  among 3-5 freely placed look-alikes by its rank along an axis ("the second lesion from the left"), its size rank
+  among sizes 15-30 % apart, or as the larger/smaller of two in one half; the test cases' reports also in wording
+  no training case uses (``reports_heldout.json``).
 
 Direction conventions (also stored in ``dataset.json`` under ``synthetic_conventions``):
 
@@ -43,8 +47,9 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-RULES = ("position", "side", "size", "mixed", "lateral")
+RULES = ("position", "side", "size", "mixed", "lateral", "rank", "size_rank", "combined", "relational")
 TEXT_RULES = RULES[:3]  # the rules `mixed` draws from: one labelled target among look-alikes
+RELATIONAL = RULES[5:]  # nnunet_vl.data.relational: ranks among 3-5 freely placed look-alikes, held-out wording
 _T = TypeVar("_T")
 
 CONVENTIONS = {
@@ -103,6 +108,7 @@ LATERAL_LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2}
 LATERAL_ENLARGEMENT = 1.3  # radius factor of the kidney the report names
 
 DEFAULT_SIZE = {2: 64, 3: 32}
+HELDOUT_REPORTS = "reports_heldout.json"
 BACKGROUND_MEAN, OBJECT_MEAN = 60.0, 180.0
 PIXEL_NOISE_STD, OBJECT_OFFSET_STD, BLUR_SIGMA = 12.0, 6.0, 0.6
 # base object radius as a fraction of the image edge; size-rule levels differ by >= 1.5x in radius
@@ -318,7 +324,7 @@ def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, shape:
     total = num_train + num_test
     width = max(3, len(str(total - 1)))
     case_rngs = np.random.default_rng(seed).spawn(total)  # case i depends only on (seed, i)
-    reports = {}
+    reports, heldout = {}, {}
     for i, case_rng in enumerate(case_rngs):
         case = f"case_{i:0{width}d}"
         if rule == "lateral":
@@ -329,6 +335,14 @@ def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, shape:
             label = np.zeros(shape, dtype=np.uint8)
             label[sides["left"]] = LATERAL_LABELS["kidney_left"]
             label[sides["right"]] = LATERAL_LABELS["kidney_right"]
+        elif rule in RELATIONAL:
+            from nnunet_vl.data.relational import relational_case
+
+            blobs, target, report, heldout_report = relational_case(case_rng, dim, shape, rule)
+            image, masks = _render(case_rng, blobs, shape, dim)
+            label = masks[target].astype(np.uint8)
+            if i >= num_train:
+                heldout[case] = heldout_report
         else:
             blobs, target, report = _layout_case(case_rng, dim, shape, rule)
             image, masks = _render(case_rng, blobs, shape, dim)
@@ -338,11 +352,18 @@ def _write_dataset(folder: Path, dim: int, num_train: int, num_test: int, shape:
         _save_array(label, folder / f"labels{split}" / f"{case}{ending}")
         reports[case] = report
     (folder / "reports.json").write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
+    if rule in RELATIONAL:  # the test cases' reports in wording no training case uses
+        (folder / HELDOUT_REPORTS).write_text(json.dumps(heldout, indent=2) + "\n", encoding="utf-8")
     if rule == "lateral":
         description = (f"Synthetic {dim}D data (rule 'lateral'): two look-alike objects, one per left/right half, "
                        "labelled as a bilateral pair (kidney_left / kidney_right); the report names the side whose "
                        "kidney is enlarged.")
         labels, label_texts = LATERAL_LABELS, LATERAL_LABEL_TEXTS
+    elif rule in RELATIONAL:
+        description = (f"Synthetic relational {dim}D data (rule '{rule}'): 3-5 look-alike objects placed freely; the "
+                       "report names the target by its rank along an axis, its size rank, or the larger/smaller of "
+                       f"two in one half. {HELDOUT_REPORTS}: the test cases' reports in held-out wording.")
+        labels, label_texts = {"background": 0, "target": 1}, LABEL_TEXTS
     else:
         description = (f"Synthetic text-dependent {dim}D data (rule '{rule}'): several look-alike objects per "
                        "image; only the report says which one is the target.")
