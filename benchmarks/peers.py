@@ -44,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import cost  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 MODELS = ("image", "bipvl", "tmca", "reference")
@@ -349,18 +350,6 @@ def measure_memory(spec: dict, model: str) -> dict:
     return {"train_peak_mb": train_mb, "infer_peak_mb": memory.peak_mb(), "method": memory.method}
 
 
-def _interleaved(fns: dict, device: str, warmup: int, repeats: int) -> dict[str, list[float]]:
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times = {name: [] for name in names}
-    for rep in range(repeats):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
-            times[name] += common.timed(fns[name], device, 0, 1)
-    return times
-
-
 def worker(spec: dict) -> dict:
     import warnings
 
@@ -380,11 +369,11 @@ def worker(spec: dict) -> dict:
     result = {"memory": memory, "parameters": {m: runners[m].parameters() for m in models}, "train_s": {},
               "infer_s": {}}
     for batch in spec["batches"]:
-        result["train_s"][str(batch)] = _interleaved({m: (lambda r=runners[m]: r.train(batch)) for m in models},
-                                                     spec["device"], spec["warmup"], spec["repeats"])
+        result["train_s"][str(batch)] = cost._interleaved(
+            {m: (lambda r=runners[m]: r.train(batch)) for m in models}, spec["device"], spec["warmup"], spec["repeats"])
     volume = _volume(spec)
     for overlap in sorted({spec["reference"]["overlap"], NNUNET_OVERLAP}):
-        result["infer_s"][str(overlap)] = _interleaved(
+        result["infer_s"][str(overlap)] = cost._interleaved(
             {m: (lambda r=runners[m]: r.infer(overlap, volume)) for m in models}, spec["device"], min(spec["warmup"], 1),
             spec["repeats"])
     return result
