@@ -10,9 +10,14 @@ Steps, each the command a user would type, with nnU-Net's folders in the work di
 - one splits_final.json (nnU-Net's own 5-fold split, seed 12345) written for the first dataset and copied to the
   second, so fold 0 is the same 64 / 16 cases in every row;
 - `nnUNetv2_train D 3d_fullres 0 -tr <budget trainer>` per row: nnUNetTrainer, nnUNetTrainerBiPVL with each
-  class-text option, BiPVL on the name-only dataset. The budget trainers are written into the work dir
-  (nnUNet_extTrainer); nnU-Net's own final validation predicts fold 0's validation cases (test-time mirroring,
-  as nnU-Net does) and scores them with nnU-Net's evaluation (validation/summary.json: Dice, per case).
+  class-text option (CLASS_TEXT_OPTIONS: a preset key; an option other than the default is planned by the planner
+  with `--preset FILE -overwrite_plans_name`, and listed as "not run (option not built)" while its key exists in
+  no preset nor planning source), BiPVL on the name-only dataset; TMCA only with --tmca (no reports here). The
+  budget trainers are written into the work dir (nnUNet_extTrainer);
+- scores: fold 0's validation cases predicted without test-time mirroring (`nnUNetv2_predict`, VL rows
+  `nnUNetv2_predict_vl`), the same protocol for every row, scored by nnU-Net's evaluation (Dice, per case): the
+  comparisons and the goal use these; nnU-Net's own final validation (with test-time mirroring,
+  validation/summary.json) is reported beside them;
 - time per epoch: nnU-Net's "Epoch time" log lines; peak memory: the max RSS of the `nnUNetv2_train` process as the
   kernel reports it to os.wait4 (ru_maxrss: the largest of that process and the worker processes it reaped, not
   their sum; the final validation included).
