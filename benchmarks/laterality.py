@@ -209,7 +209,7 @@ def prepare_setting(setting: str, env: dict, log: Path, started: float, num_trai
 
     spec = SETTINGS[setting]
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
-    name = f"Lateral{spec['dim']}D" + ("_long" if spec["patch"] else "")
+    name = dataset_name(spec)
     folder = raw_root / f"Dataset{spec['dataset_id']:03d}_{name}"
     wanted = {"size": spec["size"], "num_train": num_train, "num_test": num_test, "seed": SEED, "rule": "lateral"}
     marker = folder / "benchmark_settings.json"
@@ -230,6 +230,15 @@ def prepare_setting(setting: str, env: dict, log: Path, started: float, num_trai
     if spec["patch"]:
         plans_id = plans_with_patch_size(preprocessed, spec["configuration"], spec["patch"], plans_id)
     return folder, plans_id
+
+
+def dataset_name(spec: dict) -> str:
+    return f"Lateral{spec['dim']}D" + ("_long" if spec["patch"] else "")
+
+
+def scored_rows(rows_dir: Path, spec: dict) -> list[Path]:
+    """The rows of a setting scored by earlier runs (kept as JSON in rows_dir)."""
+    return sorted(rows_dir.glob(f"*__Dataset{spec['dataset_id']:03d}_{dataset_name(spec)}.json"))
 
 
 def plans_with_patch_size(preprocessed: Path, configuration: str, patch: list[int], plans_name: str) -> str:
@@ -341,8 +350,14 @@ def run_benchmark(settings: list[str], workdir: Path, epochs: int, iterations: i
     write_budget_trainers(trainer_folder, epochs, iterations, 2, patch_positions_module)
     suffix = budget_suffix(epochs, iterations)
     results, data = [], {}
+    rows_dir = workdir / "rows"
     for setting in settings:
         spec = SETTINGS[setting]
+        if deadline_s is not None and time.time() - started > deadline_s and not scored_rows(rows_dir, spec):
+            data[setting] = {"image": spec["size"], "not_run": "time", "budget": {"epochs": epochs,
+                                                                                   "iterations_per_epoch": iterations}}
+            results += [{**row, "status": "not run (time)"} for row in rows_for(setting)]
+            continue
         folder, plans_id = prepare_setting(setting, env, log, started, num_train, num_test, encoder, batch_size)
         plans = json.loads((Path(env["nnUNet_preprocessed"]) / folder.name / f"{plans_id}.json").read_text())
         conf = plans["configurations"][spec["configuration"]]
@@ -355,10 +370,11 @@ def run_benchmark(settings: list[str], workdir: Path, epochs: int, iterations: i
             if row["family"] == PATCH_POSITIONS_TRAINER and patch_positions_module is None:
                 results.append({**row, "status": "not run (trainer missing)"})
                 continue
-            if deadline_s is not None and time.time() - started > deadline_s:
+            scored = rows_dir / f"{row['family']}_{suffix}__{plans_id}__{folder.name}.json"
+            if deadline_s is not None and time.time() - started > deadline_s and not scored.is_file():
                 results.append({**row, "status": "not run (time)"})
                 continue
-            result = run_row(row, spec, folder, plans_id, suffix, env, log, started, workdir / "rows")
+            result = run_row(row, spec, folder, plans_id, suffix, env, log, started, rows_dir)
             if row["model"] == "BiPVL":
                 module = patch_positions_module if row["family"] == PATCH_POSITIONS_TRAINER else \
                     "nnunet_vl.training.nnUNetTrainerBiPVL"
@@ -398,6 +414,9 @@ def markdown(summary: dict, command: str) -> str:
     for setting, info in summary["settings"].items():
         rows = [r for r in summary["rows"] if r["setting"] == setting]
         b = info.get("budget", summary["budget"])
+        if info.get("not_run"):
+            lines += [f"**{setting}** (image {'x'.join(map(str, info['image']))}): not run ({info['not_run']}).", ""]
+            continue
         lines += [f"**{setting}** (`{info['dataset']}`, image {'x'.join(map(str, info['image']))}, patch "
                   f"{'x'.join(map(str, info['patch']))}, batch {info['batch_size']}, plans `{info['plans']}`, "
                   f"lateral pairs {info['lateral_pairs']}, left-right axis {info['left_right_axis']}; "
@@ -468,7 +487,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="a plans copy with this batch (default: planned)")
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="start no new row after this many minutes (the rest are listed as not run)")
+                   help="train no new row after this many minutes (the rest are listed as not run; scored rows are "
+                        "still reused)")
     p.add_argument("--code-snapshot", metavar="COMMIT", default=None,
                    help="run nnunet_vl of this commit (unpacked in the work dir), not the working tree")
     p.add_argument("--smallest", action="store_true",

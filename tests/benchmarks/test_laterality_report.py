@@ -118,3 +118,12 @@ def test_a_run_of_other_settings_keeps_the_earlier_ones(tmp_path):
     assert [r["setting"] for r in now["rows"]] == ["2D"] * 6 + ["3D, image > patch"]
     table = laterality.markdown(now, "python benchmarks/laterality.py")
     assert "6 x 20 iterations per row" in table and "3 x 20 iterations per row" in table
+
+
+def test_a_setting_not_run_is_listed(tmp_path):
+    laterality = _laterality()
+    summary = _summary()
+    summary["settings"]["3D"] = {"image": [32, 32, 32], "not_run": "time"}
+    summary["rows"] += [{**r, "status": "not run (time)"} for r in laterality.rows_for("3D")]
+    laterality.write_outputs(summary, tmp_path)
+    assert "**3D** (image 32x32x32): not run (time)." in (tmp_path / "laterality.md").read_text()
