@@ -242,6 +242,11 @@ def format_setting(key: str, setting: dict) -> str:
         lines.append(f"| {name} | {row.get('runs', 1)} | " + " | ".join(cells) + " |")
     for name, why in setting.get("not_run", {}).items():
         lines.append(f"| {name} | 0 | {why} | | | |")
+    timed = [f"{method_of(n)} {r['wall_time_s'] / 60:.0f} min ({'trained' if r.get('trained_now') else 'reused'})"
+             for n, r in setting["rows"].items() if "wall_time_s" in r]
+    if timed:
+        lines += ["", "Wall time per VL row (planning, image-only prediction, training when trained in that call "
+                      "(the first also trains image-only), 4 predictions): " + ", ".join(timed) + "."]
     checks = check_goals(setting)
     factor = setting.get("budget_factor")
     at = "the goal budget" if factor == GOAL_BUDGET_FACTOR else \
@@ -287,7 +292,7 @@ def plot(results: dict, out: Path) -> None:
         runs = sorted({r.get("runs", 1) for r in setting["rows"].values()})
         ax.set_title(f"{key}\n{setting['epochs']} x {setting['iterations_per_epoch']} iterations; "
                      f"{'/'.join(map(str, runs))} run(s) per bar", fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
