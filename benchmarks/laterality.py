@@ -299,7 +299,7 @@ def run_row(row: dict, spec: dict, folder: Path, plans_id: str, suffix: str, env
                                 "1", "-nps", "1", "--disable_tta", "--disable_progress_bar"], env, log, started)
     predict_s = time.time() - t0
     scored = per_label_dice(folder / "labelsTs", out, folder)
-    result = {**row, "trainer": trainer, "plans": plans_id, "status": "done", "dice": scored,
+    result = {**row, "trainer": trainer, "plans": plans_id, "status": "done", "dice": scored, "code": git_state(),
               "train_s": train_s, "predict_s": predict_s, "pseudo_dice_per_epoch": pseudo_dice_curve(fold)}
     rows_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(result, indent=1))
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--iterations", type=int, default=20, help="training iterations per epoch")
     p.add_argument("--num-train", type=int, default=60)
     p.add_argument("--num-test", type=int, default=20)
