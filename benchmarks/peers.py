@@ -82,7 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----- the reference architecture -------------------------------------------------------------------------------
 def build_reference(num_classes: int, r: dict):
     """The BiPVL-Seg reference network (see the module docstring) as an nn.Module."""
-    import torch
     import torch.nn.functional as F
     from monai.networks.nets import SwinUNETR
     from torch import nn
@@ -361,7 +360,7 @@ def worker(spec: dict) -> dict:
     for model in ("image", "bipvl", "tmca"):
         common.trainer_class(model)
     import monai.networks.nets  # noqa: F401  (imported before any memory baseline)
-    import nnunet_vl.inference.predictor  # noqa: F401
+    import nnunet_vl.inference.predictor  # noqa: F401  (likewise)
 
     models = spec["models"]
     memory = {m: common.in_fresh_process(measure_memory, spec, m) for m in models}

@@ -1,7 +1,6 @@
 """nnUNetTrainerBiPVL: BiPVL-Seg (bidirectional progressive fusion + global-local contrastive loss) on nnU-Net."""
 from __future__ import annotations
 
-import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 

@@ -1,7 +1,6 @@
 """nnUNetTrainerTMCA: target-informed multi-level contrastive alignment with language-guided target enhancement."""
 from __future__ import annotations
 
-import torch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 

@@ -5,15 +5,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig
+from transformers import AutoModel, AutoTokenizer, BertConfig
 
 from test_bipvl_unet import (NUM_CLASSES, ORIGINAL_SET, REPORTS, SWAPPED_CLASS_TEXTS, SWAPPED_CONCEPT_TEXTS, image,
-                             make_text, make_unet, open_gates, text_with_sets, tokenizer)  # noqa: F401 (fixture)
+                             make_text, make_unet, open_gates, text_with_sets)
 
 from nnunet_vl.networks.bipvl_unet import BiPVLUNet
 from nnunet_vl.networks.text_branch import masked_mean
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert: Path):
+    return AutoTokenizer.from_pretrained(tiny_bert)
 
 
 def make(tiny_bert: Path, class_text: str = "token", train_concepts: bool = False) -> BiPVLUNet:

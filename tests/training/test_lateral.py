@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nnunet_vl.training.lateral import (LateralMirrorTransform, LateralRegionsError, LateralSwap, label_value_pairs,
+from nnunet_vl.training.lateral import (LateralMirrorTransform, LateralRegionsError, label_value_pairs,
                                         lateral_swap_from_text_plan)
 from nnunet_vl.training.vl_trainer import nnUNetTrainerVL
 
