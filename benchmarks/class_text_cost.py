@@ -173,9 +173,7 @@ def main(argv=None) -> int:
         "workdir": str(args.workdir), "out": str(args.out)}, "machine": machine, "result": result,
         "elapsed_s": time.time() - started}
     text = markdown(payload)
-    json_path, md_path = common.save_outputs(args.out, "class_text_cost", payload, text)
-    print(text)
-    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+    common.publish(args.out, "class_text_cost", payload, text, started)
     return 0
 
 

@@ -445,3 +445,10 @@ def save_outputs(out_dir: Path, stem: str, payload: dict, markdown: str) -> tupl
     json_path.write_text(json.dumps(payload, indent=1) + "\n")
     md_path.write_text(markdown + "\n")
     return json_path, md_path
+
+
+def publish(out_dir: Path, stem: str, payload: dict, markdown: str, started: float) -> None:
+    """save_outputs, then print the table and where it went."""
+    json_path, md_path = save_outputs(out_dir, stem, payload, markdown)
+    print(markdown)
+    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")

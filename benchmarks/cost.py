@@ -546,9 +546,7 @@ def main(argv=None) -> int:
     text = markdown(payload)
     stem = "cost" if args.dataset is None else f"cost_{runs[0]['dataset']}" + (
         "" if args.plans == "nnUNetPlans" else f"_{args.plans}")
-    json_path, md_path = common.save_outputs(args.out, stem, payload, text)
-    print(text)
-    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+    common.publish(args.out, stem, payload, text, started)
     return 0
 
 

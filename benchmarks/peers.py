@@ -463,9 +463,7 @@ def main(argv=None) -> int:
                                                                 ["n_stages"], "planned_patch": conf["patch_size"]},
                "elapsed_s": time.time() - started}
     text = markdown(payload)
-    json_path, md_path = common.save_outputs(args.out, "peers", payload, text)
-    print(text)
-    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+    common.publish(args.out, "peers", payload, text, started)
     return 0
 
 

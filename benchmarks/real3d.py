@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -302,27 +301,6 @@ def fold_dir(results: Path, trainer: str, plans_id: str) -> Path:
     return results / f"{trainer}__{plans_id}__{CONFIGURATION}" / "fold_0"
 
 
-def run_measured(step: str, cmd: list[str], env: dict, log: Path, started: float, progress=None) -> float:
-    """demo's _run (output appended to log, one line per epoch printed) that also returns the process's max RSS in
-    MB (os.wait4's ru_maxrss: the largest of the process and its reaped children)."""
-    print(f"[{time.time() - started:6.0f}s] {step}: {' '.join(cmd)}", flush=True)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(f"\n$ {' '.join(cmd)}\n")
-        f.flush()
-        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace", bufsize=1)
-        for line in process.stdout:
-            f.write(line)
-            if progress is not None and (summary := progress.feed(line)) is not None:
-                print(summary, flush=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = log.read_text(encoding="utf-8").splitlines()[-30:]
-        raise RuntimeError(f"step '{step}' failed (exit {process.returncode}); last lines of {log}:\n" + "\n".join(tail))
-    return usage.ru_maxrss / 1024  # Linux: kB
-
-
 class RunRecords:
     """Per trained row, kept in the work dir: seconds and max RSS of each nnUNetv2_train invocation (fresh, --c, --val)."""
 
@@ -338,7 +316,7 @@ class RunRecords:
 def train_row(dataset_id: int, trainer: str, plans_id: str, results: Path, env: dict, log: Path, started: float,
               records: RunRecords, epochs: int) -> None:
     """Train + validate one row on fold 0: skip when scored, only --val when trained, --c when interrupted."""
-    from nnunet_vl.cli.demo import EpochProgress, _bin
+    from nnunet_vl.cli.demo import EpochProgress, _bin, _run
 
     folder = fold_dir(results, trainer, plans_id)
     if (folder / "validation" / "summary.json").is_file():
@@ -348,9 +326,9 @@ def train_row(dataset_id: int, trainer: str, plans_id: str, results: Path, env: 
         "continue" if (folder / "checkpoint_latest.pth").is_file() else "train"
     extra = {"validate": ["--val"], "continue": ["--c"], "train": []}[kind]
     t0 = time.time()
-    peak = run_measured(f"{kind} {trainer}", [_bin("nnUNetv2_train"), str(dataset_id), CONFIGURATION, "0", "-tr",
-                                              trainer, "-p", plans_id, "-device", "cpu", *extra], env, log, started,
-                        EpochProgress(epochs, started))
+    peak = _run(f"{kind} {trainer}", [_bin("nnUNetv2_train"), str(dataset_id), CONFIGURATION, "0", "-tr", trainer,
+                                      "-p", plans_id, "-device", "cpu", *extra], env, log, started,
+                EpochProgress(epochs, started))
     records.add(f"{dataset_id}/{trainer}/{plans_id}", kind, time.time() - t0, peak)
 
 

@@ -365,9 +365,7 @@ def main(argv=None) -> int:
                "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"],
                "rows": rows, "elapsed_s": time.time() - started}
     text = markdown(payload)
-    json_path, md_path = common.save_outputs(args.out, "scaling", payload, text)
-    print(text)
-    print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+    common.publish(args.out, "scaling", payload, text, started)
     return 0
 
 

@@ -63,8 +63,9 @@ class EpochProgress:
 
 
 def _run(step: str, cmd: list[str], env: dict[str, str], log: Path, started: float,
-         progress: EpochProgress | None = None) -> None:
-    """Run cmd with its output appended to log; with progress, print one line per finished training epoch."""
+         progress: EpochProgress | None = None) -> float:
+    """Run cmd with its output appended to log; with progress, print one line per finished training epoch. Returns
+    the process's max RSS in MB (os.wait4's ru_maxrss: the largest of it and its reaped children)."""
     print(f"[{time.time() - started:6.0f}s] {step}: {' '.join(cmd)}", flush=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
@@ -75,10 +76,12 @@ def _run(step: str, cmd: list[str], env: dict[str, str], log: Path, started: flo
             f.write(line)
             if progress is not None and (summary := progress.feed(line)) is not None:
                 print(summary, flush=True)
-        returncode = process.wait()
+        _, status, usage = os.wait4(process.pid, 0)
+        returncode = process.returncode = os.waitstatus_to_exitcode(status)
     if returncode != 0:
         tail = log.read_text(encoding="utf-8").splitlines()[-30:]
         raise RuntimeError(f"step '{step}' failed (exit {returncode}); last lines of {log}:\n" + "\n".join(tail))
+    return usage.ru_maxrss / 1024  # Linux: kB
 
 
 def _bin(name: str) -> str:
