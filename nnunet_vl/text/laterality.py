@@ -189,6 +189,6 @@ def mirroring_summary(dataset_json: Mapping, label_texts: Mapping[str, Mapping[s
     for name, by_axis in class_text_swaps(label_texts.items(), pairs, direction_words(tuple(fixed_names))).items():
         axes = "; ".join(f"{axis.replace('_', '-')}: {', '.join(repr(w) for w in found)}"
                          for axis, found in by_axis.items())
-        lines.append(f"class text '{name}' swaps its direction words with mirroring ({axes}); BiPVL leaves these "
-                     f"axes out of test-time mirroring")
+        lines.append(f"class text '{name}' swaps its direction words with mirroring ({axes}); BiPVL's test-time "
+                     f"mirrored views read it swapped likewise")
     return lines

@@ -123,7 +123,7 @@ def test_class_text_swaps_name_the_words_per_axis_without_a_pairs_side_words():
     lines = mirroring_summary({"labels": labels}, texts)
     assert lines[0].startswith("lateral pair 'kidney_left' / 'kidney_right' (detected") and len(lines) == 4
     assert lines[1] == ("class text 'spleen' swaps its direction words with mirroring (left-right: 'left'; "
-                        "superior-inferior: 'upper', 'below'); BiPVL leaves these axes out of test-time mirroring")
+                        "superior-inferior: 'upper', 'below'); BiPVL's test-time mirrored views read it swapped likewise")
     lines = mirroring_summary({"labels": labels, "lateral_pairs": []}, texts)
     assert lines[0] == "lateral pairs: none (dataset.json 'lateral_pairs')"
     assert [line.split("'")[1] for line in lines[1:]] == ["spleen", "kidney_left", "kidney_right", "left_lung"]
