@@ -106,9 +106,10 @@ class TextPredictor(nnUNetPredictor):
         excluded = {axes_map[a] for a in ANATOMICAL_AXES if a in named and axes_map.get(a) is not None}
         kept = tuple(a for a in (self._all_mirror_axes or ()) if a not in excluded)
         self.allowed_mirroring_axes = kept or None
-        views = [c for i in range(1, len(kept) + 1) for c in itertools.combinations(kept, i)]
-        self._view_texts = {(): self._case_text, **{
-            view: self.text_provider.inputs([case], [view], mode=self.text_mode).to(self.device) for view in views}}
+        views = mirror_views(kept) if self.use_mirroring else [()]
+        self._view_texts = {view: self._case_text if not view else
+                            self.text_provider.inputs([case], [view], mode=self.text_mode).to(self.device)
+                            for view in views}
 
     def _with_case_text(self, data_iterator: Iterable[dict]) -> Iterator[dict]:
         for item in data_iterator:
@@ -176,7 +177,7 @@ class TextPredictor(nnUNetPredictor):
         axes = (self.allowed_mirroring_axes or ()) if self.use_mirroring else ()
         if axes and max(axes) > x.ndim - 3:
             raise ValueError(f"mirror axes {axes} do not match the {x.ndim - 2}D input")
-        combinations = [c for i in range(len(axes) + 1) for c in itertools.combinations(axes, i)]
+        combinations = mirror_views(axes)
         prediction = None
         for flipped in combinations:
             text = self._view_texts.get(flipped, self._case_text)
@@ -189,6 +190,11 @@ class TextPredictor(nnUNetPredictor):
                 out = permute(out, self._lateral[1])
             prediction = out if prediction is None else prediction + out
         return prediction / len(combinations)
+
+
+def mirror_views(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every combination of the mirror axes, the unmirrored view () first: the views test-time mirroring averages."""
+    return [c for i in range(len(axes) + 1) for c in itertools.combinations(axes, i)]
 
 
 class _TileOrder(list):
