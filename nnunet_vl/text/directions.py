@@ -82,6 +82,9 @@ _PREDICATE = frozenset("is are was were be been appears appear seems seem remain
 _COMPARATIVES = frozenset({"higher", "lower", "highest", "lowest", "higher than", "lower than"})
 _QUANTITY_GUARDED = _COMPARATIVES | {"upper", "top", "bottom", "above", "below"}
 _NUMBER_GUARDED = frozenset({"above", "below", "higher than", "lower than"})
+# "10 HU and above", "grade 3 or higher", "50 years and over": an open range after a number, unit or quantity
+_OPEN_RANGE_GUARDED = frozenset({"above", "below", "higher", "lower"})
+_UNITS = frozenset("hu mm cm ml cc mg kg g mbq bq percent year years y".split())
 _CLAUSE_END = re.compile(r"[;:!?,()\[\]]|\.(?!\d)")  # a decimal point ends no clause
 _WORD = re.compile(r"[^\W_]+")
 
@@ -114,6 +117,11 @@ def _is_quantity(form: str, text: str, start: int, end: int) -> bool:
         return True
     if form in _NUMBER_GUARDED and following and following[0][0].isdigit():
         return True
+    if form in _OPEN_RANGE_GUARDED and len(before) > 1 and before[0] in ("and", "or") \
+            and (before[1][0].isdigit() or before[1] in _UNITS or before[1] in _QUANTITIES):
+        return True
+    if form in ("above", "below") and after[:2] in (["that", "of"], ["those", "of"]):
+        return True  # "signal below that of muscle": a comparison with another tissue's value
     if form in _COMPARATIVES:
         preceding = [w for w in before if w not in _WORDS_AFTER_QUANTITY][:1]
         if preceding and preceding[0] in _QUANTITIES:

@@ -145,7 +145,8 @@ def test_words_that_no_flip_changes(text):
     "upper limit of normal", "the lower limit", "lower than normal", "higher than expected", "top normal",
     "above 5 mm", "below 10 HU", "lower than 30 HU", "above normal", "below the threshold", "as above",
     "see below", "as described above.", "the above findings", "above-mentioned lesion", "back to baseline",
-    "back pain", "came back",
+    "back pain", "came back", "values of 10 HU and above", "grade 3 or higher", "age 50 and above",
+    "signal below that of muscle", "uptake above those of the liver",
 ])
 def test_quantities_and_report_references_are_not_directions(text):
     assert swap_directions(text, [SI, AP]) == text
