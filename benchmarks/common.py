@@ -21,6 +21,8 @@ import math
 import os
 import platform
 import re
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -452,3 +454,61 @@ def publish(out_dir: Path, stem: str, payload: dict, markdown: str, started: flo
     json_path, md_path = save_outputs(out_dir, stem, payload, markdown)
     print(markdown)
     print(f"\nwrote {json_path} and {md_path} in {time.time() - started:.0f}s")
+
+
+# ----- which code a run measures ----------------------------------------------------------------------------
+
+def code_snapshot(commit: str, workdir: Path) -> Path:
+    """nnunet_vl of `commit` (with its data packages planners/ and text_corpora/) unpacked under the work dir."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", commit], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    target = workdir / "code" / sha
+    if not (target / "COMMIT").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "nnunet_vl", "planners", "text_corpora"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        (target / "planners").rename(target / "nnunet_vl" / "planner_presets")
+        (target / "text_corpora").rename(target / "nnunet_vl" / "text_corpora")
+        (target / "COMMIT").write_text(sha + "\n")
+    return target
+
+
+
+def git_state() -> str:
+    """The commit nnunet_vl is run from: a --code-snapshot's, or this repository's HEAD (and whether it is dirty)."""
+    import nnunet_vl
+
+    package = Path(nnunet_vl.__file__).resolve().parent
+    if package != REPO / "nnunet_vl":
+        commit = package.parent / "COMMIT"
+        return f"{commit.read_text().strip()} (snapshot)" if commit.is_file() else str(package)
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "nnunet_vl"],
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (nnunet_vl/ with uncommitted changes)" if dirty else "")
+
+
+def run_on_code_snapshot(commit: str | None, workdir: Path, out: Path, script: Path, argv: list[str],
+                         command: str) -> None:
+    """Re-executes `script` with nnunet_vl of `commit` (unpacked under `workdir`) first on PYTHONPATH, so edits to the
+    working tree during a long run do not reach later rows; returns at once without a commit or when already running
+    on a snapshot. The snapshot's run writes to the same `workdir` and `out` and records `command` as its own."""
+    if not commit or "NNUNET_VL_BENCHMARK_SNAPSHOT" in os.environ:
+        return
+    snapshot = code_snapshot(commit, workdir)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(snapshot), *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["NNUNET_VL_BENCHMARK_SNAPSHOT"] = str(snapshot)
+    os.environ["NNUNET_VL_BENCHMARK_COMMAND"] = command
+    os.chdir(snapshot)  # a working directory holding nnunet_vl/ would shadow the snapshot
+    os.execv(sys.executable, [sys.executable, str(script), *argv, "--workdir", str(workdir), "--out", str(out)])
+
+
+def benchmark_command(script: str, argv: list[str]) -> str:
+    """The command line this run records: the one typed before a --code-snapshot re-execution, else this one."""
+    return os.environ.get("NNUNET_VL_BENCHMARK_COMMAND") or shlex.join(["python", f"benchmarks/{script}", *argv])

@@ -32,12 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -94,21 +95,6 @@ def _run(step: str, cmd: list[str], env: dict, log: Path, started: float) -> Non
     demo_run(step, cmd, env, log, started)
 
 
-def code_snapshot(commit: str, workdir: Path) -> Path:
-    """nnunet_vl of `commit` (with its data packages planners/ and text_corpora/) unpacked under the work dir."""
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", commit], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    target = workdir / "code" / sha
-    if not (target / "COMMIT").is_file():
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "nnunet_vl", "planners", "text_corpora"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-        (target / "planners").rename(target / "nnunet_vl" / "planner_presets")
-        (target / "text_corpora").rename(target / "nnunet_vl" / "text_corpora")
-        (target / "COMMIT").write_text(sha + "\n")
-    return target
 
 
 def find_trainer_module(name: str) -> str | None:
@@ -299,7 +285,7 @@ def run_row(row: dict, spec: dict, folder: Path, plans_id: str, suffix: str, env
                                 "1", "-nps", "1", "--disable_tta", "--disable_progress_bar"], env, log, started)
     predict_s = time.time() - t0
     scored = per_label_dice(folder / "labelsTs", out, folder)
-    result = {**row, "trainer": trainer, "plans": plans_id, "status": "done", "dice": scored, "code": git_state(),
+    result = {**row, "trainer": trainer, "plans": plans_id, "status": "done", "dice": scored, "code": common.git_state(),
               "train_s": train_s, "predict_s": predict_s, "pseudo_dice_per_epoch": pseudo_dice_curve(fold)}
     rows_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(result, indent=1))
@@ -315,22 +301,6 @@ def pseudo_dice_curve(fold: Path) -> list[list[float]]:
     return [[float(v) for v in d] for d in checkpoint["logging"]["dice_per_class_or_region"]]
 
 
-def git_state() -> str:
-    """The commit nnunet_vl is run from: a --code-snapshot's, or this repository's HEAD (and whether it is dirty)."""
-    import nnunet_vl
-
-    package = Path(nnunet_vl.__file__).resolve().parent
-    if package != REPO / "nnunet_vl":
-        commit = package.parent / "COMMIT"
-        return f"{commit.read_text().strip()} (snapshot)" if commit.is_file() else str(package)
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "nnunet_vl"],
-                               capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (nnunet_vl/ with uncommitted changes)" if dirty else "")
 
 
 def run_benchmark(settings: list[str], workdir: Path, epochs: int, iterations: int, num_train: int, num_test: int,
@@ -385,7 +355,7 @@ def run_benchmark(settings: list[str], workdir: Path, epochs: int, iterations: i
     return {"settings": data, "rows": results,
             "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "batch_size": batch_size},
             "data": {"num_train": num_train, "num_test": num_test, "seed": SEED, "fold": 0},
-            "test_time_mirroring": False, "text_encoder": encoder, "code": git_state(),
+            "test_time_mirroring": False, "text_encoder": encoder, "code": common.git_state(),
             "patch_positions_trainer": patch_positions_module, "wall_time_s": time.time() - started,
             "log": str(log)}
 
@@ -495,19 +465,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="plumbing check: 10 + 4 cases, 1 x 3 iterations; results go to the work dir")
     args = p.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
-    command = os.environ.get("NNUNET_VL_BENCHMARK_COMMAND") or shlex.join(["python", "benchmarks/laterality.py", *argv])
+    command = common.benchmark_command("laterality.py", argv)
     if args.smallest:
         args.epochs, args.iterations, args.num_train, args.num_test = 1, 3, 10, 4
         if args.workdir == str(DEFAULT_WORKDIR):
             args.workdir = str(DEFAULT_WORKDIR) + "_smallest"
-    if args.code_snapshot and "NNUNET_VL_BENCHMARK_SNAPSHOT" not in os.environ:
-        snapshot = code_snapshot(args.code_snapshot, Path(args.workdir).resolve())
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(snapshot), *filter(None, [os.environ.get("PYTHONPATH")])])
-        os.environ["NNUNET_VL_BENCHMARK_SNAPSHOT"] = str(snapshot)
-        os.environ["NNUNET_VL_BENCHMARK_COMMAND"] = command
-        folders = ["--workdir", str(Path(args.workdir).resolve()), "--out", str(Path(args.out).resolve())]
-        os.chdir(snapshot)  # a working directory holding nnunet_vl/ would shadow the snapshot
-        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv, *folders])
+    common.run_on_code_snapshot(args.code_snapshot, Path(args.workdir).resolve(), Path(args.out).resolve(),
+                                Path(__file__).resolve(), argv, command)
     summary = run_benchmark(args.settings, Path(args.workdir).resolve(), args.epochs, args.iterations,
                             args.num_train, args.num_test, args.text_encoder, args.batch_size,
                             None if args.max_minutes is None else 60 * args.max_minutes)

@@ -44,6 +44,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "la_mri_stride2"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -645,7 +648,7 @@ def figure(summary: dict, out: Path) -> None:
 
 # ----- the run ----------------------------------------------------------------------------------------------------
 def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_iterations: int, runs: int, tmca: bool,
-                  encoder: str, smallest: bool) -> dict:
+                  encoder: str, smallest: bool, max_seconds: float | None = None) -> dict:
     from nnunet_vl.cli.demo import demo_environment
 
     started = time.time()
@@ -688,6 +691,11 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
         plans_id = option_plans(options[row["option"]], did, preprocessed, workdir, encoder, env, log, started) \
             if "option" in row else PLANS
         results = res_root / folders[key].name
+        if max_seconds is not None and time.time() - started > max_seconds \
+                and not (fold_dir(results, row["trainer"], plans_id) / "checkpoint_final.pth").is_file():
+            row["status"] = "not run (time)"
+            _say(started, f"{row['row']} (run {row['run']}): not run (--max-minutes reached)")
+            continue
         train_row(did, row["trainer"], plans_id, results, env, log, started, records, epochs)
         folder = fold_dir(results, row["trainer"], plans_id)
         scored = predict_and_score(row, did, plans_id, folders[key], images, labels, sorted(splits[0]["val"]),
@@ -736,8 +744,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tmca", action="store_true", help="also train TMCA (its text carries no information here)")
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--smallest", action="store_true", help="8 train / 4 val cases, 1 x 2 iterations (plumbing)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="train no new row after this many minutes (the rest are listed as not run; trained rows are "
+                        "still scored)")
+    p.add_argument("--code-snapshot", metavar="COMMIT", default=None,
+                   help="run nnunet_vl of this commit (unpacked in the work dir), not the working tree")
     args = p.parse_args(argv)
-    command = ("python benchmarks/real3d.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    command = common.benchmark_command("real3d.py", argv)
     src = Path(args.src).expanduser().resolve()
     if not (src / "dataset.json").is_file():
         raise SystemExit(f"{src / 'dataset.json'} does not exist. Fix: pass --src with the left-atrium folder")
@@ -746,9 +760,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.smallest:
         epochs, iterations, val_iterations = SMALLEST_BUDGET
     out = Path(args.out or (workdir if args.smallest else DEFAULT_OUT)).resolve()
+    common.run_on_code_snapshot(args.code_snapshot, workdir, out, Path(__file__).resolve(), argv, command)
     out.mkdir(parents=True, exist_ok=True)
     summary = run_benchmark(src, workdir, epochs, iterations, val_iterations, args.repeat, args.tmca,
-                            args.text_encoder, args.smallest)
+                            args.text_encoder, args.smallest, None if args.max_minutes is None else 60 * args.max_minutes)
+    summary["code"] = common.git_state()
     summary["command"] = command
     (out / "real3d.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     md = markdown(summary, command)
