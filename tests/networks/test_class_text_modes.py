@@ -1,6 +1,8 @@
 """Class descriptions read as sentences (class_text "sentences") and a trainable concept path (train_concepts)."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,10 @@ def tokenizer(tiny_bert: Path):
     return AutoTokenizer.from_pretrained(tiny_bert)
 
 
-def make(tiny_bert: Path, class_text: str = "token", train_concepts: bool = False) -> BiPVLUNet:
+def make(tiny_bert: Path, class_text: str = "token", train_concepts: bool = False, kind: str = "plain",
+         ndim: int = 2) -> BiPVLUNet:
     torch.manual_seed(0)
-    return BiPVLUNet(make_unet("plain", 2, False), AutoModel.from_config(BertConfig.from_pretrained(tiny_bert)),
+    return BiPVLUNet(make_unet(kind, ndim, False), AutoModel.from_config(BertConfig.from_pretrained(tiny_bert)),
                      (1, 2, 3), fusion_dim=16, fusion_heads=2, fusion_depth=1, num_classes=NUM_CLASSES, proj_dim=8,
                      class_text=class_text, train_concepts=train_concepts)
 
@@ -78,17 +81,42 @@ def test_sentences_follow_each_samples_class_set(tiny_bert: Path, tokenizer) -> 
     torch.testing.assert_close(aux["text_class"][0], aux_alone["text_class"][0], rtol=1e-4, atol=1e-5)
 
 
-def test_equals_image_unet_at_init_with_sentences(tiny_bert: Path, tokenizer) -> None:
-    model = make(tiny_bert, "sentences").eval()
-    x = image(2)
+ARCHITECTURES = [("plain", 2), ("resenc", 3)]
+
+
+@pytest.mark.parametrize("kind,ndim", ARCHITECTURES)
+def test_equals_image_unet_at_init_with_sentences(tiny_bert: Path, tokenizer, kind: str, ndim: int) -> None:
+    model = make(tiny_bert, "sentences", kind=kind, ndim=ndim).eval()
+    x = image(ndim)
     with torch.no_grad():
         torch.testing.assert_close(model(x, make_text(tokenizer)), model.image_unet(x))
 
 
+@pytest.mark.parametrize("kind,ndim", ARCHITECTURES)
+def test_sentences_train_the_text_layers_through_the_segmentation(tiny_bert: Path, tokenizer, kind: str,
+                                                                  ndim: int) -> None:
+    """With open gates, the segmentation output depends on the description's words, and its gradient reaches the
+    text layers that read them."""
+    model = make(tiny_bert, "sentences", kind=kind, ndim=ndim).train()
+    open_gates(model)
+    text = make_text(tokenizer)
+    other = text.class_ids.clone()
+    other[1, 1] = tokenizer.convert_tokens_to_ids("bone")  # class 1's first word
+    with torch.no_grad():
+        changed = model(image(ndim), dataclasses.replace(text, class_ids=other))
+    seg = model(image(ndim), text)
+    assert not torch.allclose(seg.detach(), changed, atol=1e-6)
+    seg.square().mean().backward()
+    layer = model.text_encoder.encoder.layer[0].attention.self.query.weight
+    assert layer.grad is not None and layer.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind,ndim", ARCHITECTURES)
 @pytest.mark.parametrize("train_concepts", [False, True])
-def test_concept_loss_teaches_the_encoder_only_with_train_concepts(tiny_bert: Path, tokenizer, train_concepts) -> None:
-    model = make(tiny_bert, train_concepts=train_concepts).train()
-    _, aux = model(image(2), make_text(tokenizer), return_aux=True)
+def test_concept_loss_teaches_the_encoder_only_with_train_concepts(tiny_bert: Path, tokenizer, train_concepts,
+                                                                   kind: str, ndim: int) -> None:
+    model = make(tiny_bert, train_concepts=train_concepts, kind=kind, ndim=ndim).train()
+    _, aux = model(image(ndim), make_text(tokenizer), return_aux=True)
     aux["concept_text"].sum().backward()
     layer = model.text_encoder.encoder.layer[0].attention.self.query.weight
     assert (layer.grad is not None and layer.grad.abs().sum() > 0) == train_concepts
