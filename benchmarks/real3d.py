@@ -256,7 +256,8 @@ def trainer_name(base: str, epochs: int, iterations: int, run: int) -> str:
 
 def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterations: int, runs: int) -> None:
     """One class per (model, run) in `folder`, found by nnU-Net through nnUNet_extTrainer. Runs differ only by name
-    (their own output folders); nnU-Net's final validation is kept: it is the score."""
+    (their own output folders); nnU-Net's final validation is kept: it is the score. Every epoch saves
+    checkpoint_latest.pth, so an interrupted row continues (--c) from its last epoch."""
     bases = {"nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
              "nnUNetTrainerBiPVL": "nnunet_vl.training.nnUNetTrainerBiPVL",
              "nnUNetTrainerTMCA": "nnunet_vl.training.nnUNetTrainerTMCA"}
@@ -266,7 +267,7 @@ def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterat
     for run in range(1, runs + 1):
         for base in bases:
             lines += [f"class {trainer_name(base, epochs, iterations, run)}(WithBudget, {base}):",
-                      f"    budget = Budget({epochs}, {iterations}, {val_iterations})", ""]
+                      f"    budget = Budget({epochs}, {iterations}, {val_iterations}, save_every=1)", ""]
     folder.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines)
     target = folder / TRAINER_MODULE

@@ -12,11 +12,14 @@ class Budget:
     epochs: int
     iterations_per_epoch: int
     val_iterations_per_epoch: int
+    save_every: int | None = None  # epochs between checkpoint_latest.pth saves (None: nnU-Net's 50)
 
     def apply(self, trainer: nnUNetTrainer) -> None:
         trainer.num_epochs = self.epochs
         trainer.num_iterations_per_epoch = self.iterations_per_epoch
         trainer.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        if self.save_every is not None:
+            trainer.save_every = self.save_every
 
 
 CPU_SMOKE = Budget(epochs=2, iterations_per_epoch=5, val_iterations_per_epoch=2)

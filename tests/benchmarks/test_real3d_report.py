@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import types
 import math
 import sys
 from pathlib import Path
@@ -160,6 +161,9 @@ def test_budget_trainers_per_run_are_found_by_nnunet(tmp_path):
 
     assert found is not None and issubclass(found, nnUNetTrainerBiPVL)
     assert (found.budget.epochs, found.budget.iterations_per_epoch, found.budget.val_iterations_per_epoch) == (3, 7, 2)
+    trainer = types.SimpleNamespace(save_every=50)
+    found.budget.apply(trainer)
+    assert trainer.save_every == 1  # every epoch saves checkpoint_latest.pth: an interrupted row resumes there
     # the score is nnU-Net's own final validation: not overridden
     assert found.perform_actual_validation is nnUNetTrainerBiPVL.perform_actual_validation
     assert recursive_find_python_class(str(tmp_path), "nnUNetTrainer_3x7", None, base_folder=str(tmp_path))
