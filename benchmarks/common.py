@@ -80,18 +80,19 @@ def dataset_id(dim: int, preset: str) -> int:
 
 
 def prepare_dataset(dim: int, preset: str, text_encoder: str, num_train: int, size: int,
-                    num_processes: int = 2, log=print) -> tuple[int, str]:
+                    num_processes: int = 2, log=print, own_dataset: bool = False) -> tuple[int, str]:
     """Make (or reuse) the synthetic dataset and plan + preprocess it with the preset; returns (id, configuration).
 
     Reused when a previous run wrote the same settings (the preset's content included, so an edited preset
-    re-plans); nnU-Net's and our planning output goes to a log file.
+    re-plans); nnU-Net's and our planning output goes to a log file. `own_dataset`: an id and name of its own
+    (5 above the usual id, the size in the name), so images of another size do not re-plan the usual dataset.
     """
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     from nnunet_vl.planning.planners import load_preset
 
-    did, configuration = dataset_id(dim, preset), CONFIGURATION[dim]
-    name = f"Bench{dim}D{preset}"
+    did, configuration = dataset_id(dim, preset) + (5 if own_dataset else 0), CONFIGURATION[dim]
+    name = f"Bench{dim}D{preset}" + (f"{size}" if own_dataset else "")
     settings = {"dim": dim, "preset": preset, "preset_content": load_preset(preset), "text_encoder": str(text_encoder),
                 "num_train": num_train, "size": size, "configuration": configuration}
     marker = Path(nnUNet_preprocessed) / f"Dataset{did:03d}_{name}" / "benchmark_settings.json"

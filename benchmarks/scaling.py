@@ -25,6 +25,11 @@ Measured per setting, on a real batch of the planned batch size:
     python benchmarks/scaling.py                  # 3D, bipvl preset, 3 values per axis
     python benchmarks/scaling.py --dim 2 --threads 1
     python benchmarks/scaling.py --smallest --workdir /tmp/w --out /tmp/o --text-encoder DIR   # smoke test
+    python benchmarks/scaling.py --size 160 --patch-edges 96,128 --batch-size 1 --stages all --lengths 64 \
+        --repeats 2 --warmup 1 --num-train 8 --stem scaling_clinical      # clinical patches: 96³, 128³ at batch 1
+
+--size plans images of that edge (so nnU-Net plans the deeper network such images get) in a dataset of its own;
+--patch-edges sets the patch edges themselves (rounded to the network's total stride) instead of --patch-factors.
 
 Writes OUT/scaling.json and OUT/scaling.md (OUT defaults to benchmarks/results) and prints the table.
 """
@@ -56,13 +61,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions per model and setting (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--num-train", type=int, default=40)
+    p.add_argument("--size", type=int, default=None, help="image edge of the synthetic dataset (default: 32 in 3D, "
+                                                          "64 in 2D)")
+    p.add_argument("--patch-edges", default=None, help="patch edges, e.g. 96,128 (instead of --patch-factors)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of every setting (default: planned)")
+    p.add_argument("--stem", default="scaling", help="output file names: OUT/<stem>.json, .md")
     p.add_argument("--smallest", action="store_true",
                    help="smoke-test setting: 2D, light preset, tiny images, one value per axis, 1 repetition")
     args = p.parse_args(argv)
     if args.smallest:
         args.dim, args.preset, args.patch_factors, args.stages, args.lengths = 2, "light", "1", "all", "16"
         args.base_length, args.repeats, args.warmup, args.num_train = 16, 1, 1, min(args.num_train, 8)
-    args.size = (SMALLEST_SIZE if args.smallest else DEFAULT_SIZE)[args.dim]
+    if args.size is None:
+        args.size = (SMALLEST_SIZE if args.smallest else DEFAULT_SIZE)[args.dim]
     return args
 
 
@@ -86,7 +97,14 @@ def make_settings(args, conf: dict, preset: dict) -> list[dict]:
     """One dict per (axis, value); equal settings on different axes are measured once (see `key`)."""
     from nnunet_vl.planning.planners import stage_grids, token_pools
 
-    factors = [float(f) for f in args.patch_factors.split(",")]
+    strides = total_strides(conf["architecture"]["arch_kwargs"])
+    if args.patch_edges:
+        edges = [int(e) for e in args.patch_edges.split(",")]
+        patches = {f"{e}^{args.dim}": scaled_patch([e] * args.dim, 1.0, strides) for e in edges}
+    else:
+        patches = {float(f): scaled_patch(conf["patch_size"], float(f), strides)
+                   for f in args.patch_factors.split(",")}
+    factors = list(patches)
     stages = [s.strip() for s in args.stages.split(",")]
     lengths = [int(n) for n in args.lengths.split(",")]
     base = {"factor": factors[0], "stages": stages[-1], "length": args.base_length}
@@ -97,7 +115,7 @@ def make_settings(args, conf: dict, preset: dict) -> list[dict]:
                               ("report tokens", "length", lengths)):
         for value in values:
             s = dict(base, **{key: value})
-            patch = scaled_patch(conf["patch_size"], s["factor"], total_strides(arch))
+            patch = patches[s["factor"]]
             fused = fused_stages(str(s["stages"]), arch["n_stages"])
             out.append({"axis": axis, "value": value, "patch_size": patch, "voxels": math.prod(patch),
                         "fusion_stages": fused,
@@ -107,10 +125,12 @@ def make_settings(args, conf: dict, preset: dict) -> list[dict]:
     return out
 
 
-def setting_plans(plans: dict, configuration: str, setting: dict, model: str) -> dict:
+def setting_plans(plans: dict, configuration: str, setting: dict, model: str, batch_size: int | None = None) -> dict:
     plans = json.loads(json.dumps(plans))
     conf = plans["configurations"][configuration]
     conf["patch_size"] = setting["patch_size"]
+    if batch_size is not None:
+        conf["batch_size"] = batch_size
     if model != "image":
         conf["text"]["fusion_stages"] = setting["fusion_stages"]
         conf["text"]["fusion_pool"] = setting["fusion_pool"]
@@ -158,7 +178,8 @@ def _setup_worker(spec: dict):
 def _build(spec: dict, setting: dict, model: str):
     """Trainer of the setting's plans (VL: reports exactly report_tokens long) and its batch."""
     plans, dataset_json = common.load_plans(spec["dataset_id"])
-    trainer = common.make_trainer(model, setting_plans(plans, spec["configuration"], setting, model),
+    trainer = common.make_trainer(model, setting_plans(plans, spec["configuration"], setting, model,
+                                                       spec.get("batch_size")),
                                   dataset_json, spec["configuration"], spec["device"])
     batch = common.real_batch(trainer, seed=0)
     if model != "image":
@@ -291,7 +312,8 @@ def markdown(payload: dict) -> str:
         "# Scaling of BiPVL's text branch",
         "",
         f"{s['dim']}D, preset `{s['preset']}`, text encoder `{s['text_encoder']}`, batch {payload['batch_size']}, "
-        f"planned patch {payload['planned_patch']}; device `{m['device']}`, {m['torch_threads']} torch thread(s) "
+        f"images {payload.get('image_size')}^{s['dim']}, planned patch {payload['planned_patch']} "
+        f"({payload.get('n_stages')} stages); device `{m['device']}`, {m['torch_threads']} torch thread(s) "
         f"on {m['cpu_count']} CPUs, load average at start {m.get('load_average_at_start')}. Medians of "
         f"{s['repeats']} repetitions after {s['warmup']} warm-up passes; BiPVL and image-only interleaved.",
         "",
@@ -323,7 +345,8 @@ def main(argv=None) -> int:
     if args.threads:
         machine["torch_threads"] = args.threads
     did, configuration = common.prepare_dataset(args.dim, args.preset, args.text_encoder, args.num_train,
-                                                args.size, log=lambda s: print(s, flush=True))
+                                                args.size, log=lambda s: print(s, flush=True),
+                                                own_dataset=args.size != DEFAULT_SIZE[args.dim] and not args.smallest)
     plans, dataset_json = common.load_plans(did)
     conf = plans["configurations"][configuration]
     num_classes = len(conf["text"]["class_names"])
@@ -332,11 +355,11 @@ def main(argv=None) -> int:
     preset = load_preset(args.preset)
     settings = make_settings(args, conf, preset)
     spec = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads, "repeats": args.repeats,
-            "warmup": args.warmup, "dataset_id": did, "configuration": configuration}
+            "warmup": args.warmup, "dataset_id": did, "configuration": configuration, "batch_size": args.batch_size}
     print(f"[{time.time() - started:6.0f}s] {len({s['key'] for s in settings})} settings: memory (a child process "
           f"per setting and model), then timing", flush=True)
     result = common.run_worker(SCRIPT, dict(spec, settings=settings, name="scaling"),
-                               args.workdir / "worker_results" / f"scaling_{args.preset}_{args.dim}d.json")
+                               args.workdir / "worker_results" / f"{args.stem}_{args.preset}_{args.dim}d.json")
     timing, memory = result["times_s"], result["memory"]
     first = next(iter(memory.values()))
     memory_method = f"{first['method']}, {first['process']}"
@@ -359,13 +382,14 @@ def main(argv=None) -> int:
     settings_out = {k: v for k, v in vars(args).items() if k != "worker"}
     settings_out.update(workdir=str(args.workdir), out=str(args.out))
     payload = {"settings": settings_out, "machine": machine, "memory_method": memory_method,
-               "batch_size": conf["batch_size"], "planned_patch": conf["patch_size"],
+               "batch_size": args.batch_size or conf["batch_size"], "planned_batch_size": conf["batch_size"],
+               "planned_patch": conf["patch_size"], "image_size": args.size,
                "recompute_stages": conf["text"]["recompute_stages"],
                "n_stages": conf["architecture"]["arch_kwargs"]["n_stages"],
                "features_per_stage": conf["architecture"]["arch_kwargs"]["features_per_stage"],
                "rows": rows, "elapsed_s": time.time() - started}
     text = markdown(payload)
-    common.publish(args.out, "scaling", payload, text, started)
+    common.publish(args.out, args.stem, payload, text, started)
     return 0
 
 

@@ -96,3 +96,23 @@ def test_cost_on_a_planned_dataset(bench_dirs, tiny_bert):
     assert all((r["preset"], r["dim"], r["dataset"], r["plans"]) == ("light", 2, dataset.name, "nnUNetPlans")
                and _positive(r["train_ratio"]) and _positive(r["train_memory_ratio"]) for r in payload["rows"])
     assert f"Dataset `{dataset.name}`, plans `nnUNetPlans`" in (bench_dirs["out"] / f"cost_{dataset.name}.md").read_text()
+
+
+def test_scaling_patch_edges_are_rounded_to_the_network_stride():
+    """--patch-edges gives the patch itself (each edge a multiple of the total stride), its token pooling
+    re-planned, one setting per edge, the other axes at the first edge."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import scaling
+
+    arch = {"n_stages": 4, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]}
+    conf = {"patch_size": [32, 32, 32], "architecture": {"arch_kwargs": arch}}
+    args = argparse.Namespace(patch_edges="96,130", patch_factors="1", stages="all", lengths="64", base_length=64,
+                              dim=3)
+    settings = scaling.make_settings(args, conf, {"fusion_max_voxels": 4096})
+    by_axis = {(s["axis"], str(s["value"])): s for s in settings}
+    assert by_axis["patch voxels", "96^3"]["patch_size"] == [96, 96, 96]
+    assert by_axis["patch voxels", "130^3"]["patch_size"] == [128, 128, 128]
+    assert by_axis["fused stages", "all"]["patch_size"] == [96, 96, 96]
+    assert by_axis["patch voxels", "130^3"]["fusion_pool"][0] == [8, 8, 8]  # 128³ / 8³ = 4096 tokens
