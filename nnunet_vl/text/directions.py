@@ -78,6 +78,14 @@ lies lie lying sits sit sitting located situated positioned placed seated displa
 extends extend extending descends reaches slightly much far further farther even somewhat markedly
 significantly considerably mildly minimally moderately marginally bit little
 """.split())
+# "higher/lower than" in a sentence that already measures one of these compares that measure ("40-50 HU before
+# contrast, slightly lower than the liver"), unless a verb of place comes between ("..., it lies lower than")
+_MEASURES = frozenset("hu signal intensity density attenuation enhancement echogenicity uptake suv adc".split())
+_PLACE_VERBS = frozenset("""
+lies lie lying sits sit sitting located situated positioned placed seated displaced projects project projecting
+extends extend extending descends descend reaches reach
+""".split())
+_SENTENCE_END = re.compile(r"[;!?]|\.(?!\d)")
 _PREDICATE = frozenset("is are was were be been appears appear seems seem remains remain now".split())
 _COMPARATIVES = frozenset({"higher", "lower", "highest", "lowest", "higher than", "lower than"})
 _QUANTITY_GUARDED = _COMPARATIVES | {"upper", "top", "bottom", "above", "below"}
@@ -126,7 +134,22 @@ def _is_quantity(form: str, text: str, start: int, end: int) -> bool:
         preceding = [w for w in before if w not in _WORDS_AFTER_QUANTITY][:1]
         if preceding and preceding[0] in _QUANTITIES:
             return True
+    if form in ("higher than", "lower than"):
+        for word in _sentence_words_before(text, start):  # nearest first: a verb of place nearer makes it a place
+            if word in _PLACE_VERBS:
+                return False
+            if word in _MEASURES:
+                return True
     return False
+
+
+def _sentence_words_before(text: str, start: int) -> list[str]:
+    """The words of the sentence before `start`, nearest first (commas do not end it)."""
+    before = text[max(0, start - 200):start]
+    cuts = list(_SENTENCE_END.finditer(before))
+    if cuts:
+        before = before[cuts[-1].end():]
+    return [w.lower() for w in _WORD.findall(before)][::-1]
 
 
 def _lower_partner(text: str, start: int, end: int) -> str:

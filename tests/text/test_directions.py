@@ -147,6 +147,8 @@ def test_words_that_no_flip_changes(text):
     "see below", "as described above.", "the above findings", "above-mentioned lesion", "back to baseline",
     "back pain", "came back", "values of 10 HU and above", "grade 3 or higher", "age 50 and above",
     "signal below that of muscle", "uptake above those of the liver",
+    "Soft tissue of about 40-50 HU before contrast, slightly lower than the liver",
+    "high attenuation, lower than the spleen",
 ])
 def test_quantities_and_report_references_are_not_directions(text):
     assert swap_directions(text, [SI, AP]) == text
@@ -158,6 +160,16 @@ def test_a_quantity_word_does_not_shield_a_direction_in_the_same_report():
     assert swap_directions(text, [SI]) == "Higher signal in the upper pole; the lesion lies below the diaphragm, as above."
     assert named_axes("higher signal, lower limit of normal") == set()
     assert named_axes("higher signal in the lower pole") == {SI}
+
+
+def test_a_measure_earlier_in_the_sentence_leaves_places_alone():
+    """'higher/lower than' after a measure compares it, unless a verb of place comes between; adjectives of place
+    ('lower pole') and other sentences are places."""
+    assert swap_directions("The T2 signal is high, the lesion lies lower than the kidney.", [SI]) == \
+        "The T2 signal is high, the lesion lies higher than the kidney."
+    assert swap_directions("high attenuation in the lower pole", [SI]) == "high attenuation in the upper pole"
+    assert swap_directions("Density 40 HU. The cyst is lower than the kidney.", [SI]) == \
+        "Density 40 HU. The cyst is higher than the kidney."
 
 
 def test_all_axes_at_once_in_one_report():
