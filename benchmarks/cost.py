@@ -24,7 +24,8 @@ One worker process per preset x dimension imports everything once, forks the mem
 the three models interleaved round by round (rotating order) after warm-up, so load changes on a shared
 machine hit all models alike; the median over repetitions is reported.
 `--profile` adds a per-component breakdown of the VL training iteration (torch.profiler; backward time is
-attributed to the component whose forward op created it).
+attributed to the component whose forward op created it) and of one sliding-window prediction of every model
+(forward time per component, image-only's encoder stages and decoder beside the VL models'; parameter MB per part).
 
     python benchmarks/cost.py                       # full run: 2 presets x 2D/3D x 3 models
     python benchmarks/cost.py --threads 1 --profile  # steadier on a shared CPU, plus the breakdown
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infer-scale", type=float, default=1.5,
                    help="inference case = a preprocessed case tiled to this many patch sizes per axis")
     p.add_argument("--tta", action="store_true", help="also time inference with test-time mirroring as deployed")
-    p.add_argument("--profile", action="store_true", help="also break the VL training iteration down by component")
+    p.add_argument("--profile", action="store_true", help="also break training and inference down by component")
     p.add_argument("--smallest", action="store_true",
                    help="smoke-test setting: 2D, light preset, tiny images, 1 repetition")
     p.add_argument("--dataset", type=int, default=None,
@@ -208,14 +209,18 @@ def measure_memory(spec: dict, model: str) -> dict:
             "method": memory.method}
 
 
-def _label_components(trainer, model: str):
-    """Wrap the VL network's parts, the losses and the trainer's text steps in profiler labels."""
+def _label_components(trainer, model: str) -> set[str]:
+    """Wrap the network's parts (image-only: its encoder stages and decoder), the losses and the VL trainer's text
+    steps in profiler labels; once per trainer (later calls return the same labels)."""
     import torch
     from torch.profiler import record_function
 
     from nnunet_vl.training.vl_trainer import unwrap
 
+    if getattr(trainer, "_cost_labels", None) is not None:
+        return trainer._cost_labels
     labels: set[str] = set()
+    trainer._cost_labels = labels
 
     def module(mod, name):
         labels.add(name)
@@ -243,9 +248,13 @@ def _label_components(trainer, model: str):
         setattr(owner, attr, wrapped)
 
     net = unwrap(trainer.network)
-    for k, stage in enumerate(net.image_unet.encoder.stages):
+    image_unet = net if model == "image" else net.image_unet
+    for k, stage in enumerate(image_unet.encoder.stages):
         module(stage, f"image encoder stage {k}")
-    module(net.image_unet.decoder, "image decoder")
+    module(image_unet.decoder, "image decoder")
+    if model == "image":
+        module(trainer.loss, "loss: DC+CE deep supervision")
+        return labels
     if model == "bipvl":
         tb = net.text_branch
         method(tb, "embed", "text: embeddings (report + class tokens)")
@@ -358,15 +367,62 @@ def profile_training(trainer, model: str, batch: dict, spec: dict) -> dict:
             "unprofiled_wall_ms_median": common.median(wall) * 1e3, "steps": steps}
 
 
+def profile_inference(trainer, model: str, case: str, data, spec: dict) -> dict:
+    """Median per-component forward time of one sliding-window prediction (no test-time mirroring), and the
+    parameter memory of each part of the network (what inference holds besides activations and logits)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = spec["device"]
+    labels = _label_components(trainer, model)
+    predictor = common.make_predictor(trainer, model, use_mirroring=False)
+    if common.is_vl(model):
+        predictor.select_case(case)
+    predict = lambda: predictor.predict_sliding_window_return_logits(data)  # noqa: E731
+    wall = common.timed(predict, device, 1, spec["repeats"])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    per_case = []
+    for _ in range(max(spec["repeats"], 3)):
+        with profile(activities=activities) as prof:
+            predict()
+            common.synchronize(device)
+        per_case.append(_attribute(prof.events(), labels, device))
+    rows = [{"component": name, "forward_ms": common.median([sum(parts.get(name, {}).values()) / 1e3
+                                                             for parts in per_case])}
+            for name in {n for parts in per_case for n in parts}]
+    rows.sort(key=lambda r: -r["forward_ms"])
+    return {"components": rows, "unprofiled_wall_ms_median": common.median(wall) * 1e3,
+            "parameter_mb": parameter_memory(trainer, model)}
+
+
+def parameter_memory(trainer, model: str) -> dict[str, float]:
+    """Parameter MB per part of the network: image U-Net, text encoder, and the rest (fusion or enhancement
+    blocks, projections, heads)."""
+    from nnunet_vl.training.vl_trainer import unwrap
+
+    net = unwrap(trainer.network)
+
+    def mb(module) -> float:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) / 2 ** 20
+
+    if model == "image":
+        return {"image U-Net": mb(net)}
+    parts = {"image U-Net": mb(net.image_unet), "text encoder": mb(net.text_encoder)}
+    parts["fusion / enhancement, projections, heads"] = mb(net) - sum(parts.values())
+    return parts
+
+
 def worker(spec: dict) -> dict:
     """Everything for one preset x dimension, in one process: memory of each model in a forked child first
-    (before this process computes anything), then the interleaved timings, then the optional profile."""
+    (before this process computes anything), then the interleaved timings, then the optional profiles."""
     _setup_worker(spec)
     memory = {m: common.in_fresh_process(measure_memory, spec, m) for m in spec["models"]}
     timing, trainers, batch = measure_time(spec)
-    profiles = {m: profile_training(trainers[m], m, batch, spec)
-                for m in spec["models"] if common.is_vl(m)} if spec["profile"] else {}
-    return {"memory": memory, "timing": timing, "profile": profiles}
+    profiles, inference_profiles = {}, {}
+    if spec["profile"]:
+        case, data = common.inference_case(trainers[spec["models"][0]], spec["infer_scale"])
+        inference_profiles = {m: profile_inference(trainers[m], m, case, data, spec) for m in spec["models"]}
+        profiles = {m: profile_training(trainers[m], m, batch, spec) for m in spec["models"] if common.is_vl(m)}
+    return {"memory": memory, "timing": timing, "profile": profiles, "inference_profile": inference_profiles}
 
 
 def run_as_worker(spec_json: str) -> None:
@@ -464,7 +520,31 @@ def markdown(payload: dict) -> str:
                   f"{c['total_ms']:.1f}", f"{100 * c['total_ms'] / total:.0f}%"]
                  for c in prof["components"] if c["total_ms"] >= 0.005 * total]))
             lines.append("")
+    if payload.get("inference_profile"):
+        lines += inference_profile_lines(payload["inference_profile"])
     return "\n".join(lines)
+
+
+def inference_profile_lines(profiles: list[dict]) -> list[str]:
+    """Per setting: forward ms of each component of one sliding-window prediction, per model side by side
+    (image-only's own parts beside the VL models' same parts), and the parameter MB per part."""
+    lines = ["## Where inference goes (torch.profiler, one case, no test-time mirroring)", ""]
+    settings = {}
+    for prof in profiles:
+        settings.setdefault((prof["preset"], prof["dim"], prof.get("dataset")), []).append(prof)
+    for (preset, dim, dataset), profs in settings.items():
+        models = [p["model"] for p in profs]
+        by_model = {p["model"]: {c["component"]: c["forward_ms"] for c in p["components"]} for p in profs}
+        names = sorted({n for m in by_model.values() for n in m},
+                       key=lambda n: -max(m.get(n, 0.0) for m in by_model.values()))
+        walls = ", ".join(f"{p['model']} {p['unprofiled_wall_ms_median']:.0f} ms" for p in profs)
+        lines += [f"### {dataset or preset} {dim}D: per case unprofiled {walls}", ""]
+        lines.append(markdown_table_raw(["component"] + [f"{m} ms" for m in models],
+                                        [[n] + [f"{by_model[m].get(n, 0.0):.1f}" if n in by_model[m] else "–"
+                                                for m in models] for n in names]))
+        lines += ["", "Parameters held at inference, MB: " + "; ".join(
+            f"{p['model']}: " + ", ".join(f"{k} {v:.1f}" for k, v in p["parameter_mb"].items()) for p in profs), ""]
+    return lines
 
 
 def memory_breakdown(payload: dict) -> list[list[str]]:
@@ -520,7 +600,7 @@ def main(argv=None) -> int:
     base = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads,
             "repeats": args.repeats, "warmup": args.warmup, "infer_scale": args.infer_scale, "tta": args.tta,
             "profile": args.profile, "preprocessed": args.preprocessed and str(args.preprocessed)}
-    rows, runs, profiles, memory_method = [], [], [], ""
+    rows, runs, profiles, inference_profiles, memory_method = [], [], [], [], ""
     for setting, did, configuration, plans_id in settings_to_measure(args):
         spec = dict(base, dataset_id=did, configuration=configuration, plans=plans_id, models=list(common.MODELS))
         name = f"{setting['preset']} {setting['dim']}D"
@@ -531,6 +611,7 @@ def main(argv=None) -> int:
         timing, memory = result["timing"], result["memory"]
         memory_method = memory["image"]["method"] + ", " + memory["image"]["process"]
         profiles += [dict(setting, model=m, **p) for m, p in result["profile"].items()]
+        inference_profiles += [dict(setting, model=m, **p) for m, p in result.get("inference_profile", {}).items()]
         runs.append(dict(setting, dataset_id=did, configuration=configuration, timing=timing, memory=memory,
                          **{k: timing[k] for k in ("patch_size", "batch_size", "parameters", "tiles",
                                                    "inference_input_shape")}))
@@ -540,6 +621,7 @@ def main(argv=None) -> int:
                     preprocessed=args.preprocessed and str(args.preprocessed))
     payload = {"goals": GOALS, "settings": settings, "machine": machine,
                "memory_method": memory_method, "rows": rows, "runs": runs, "profile": profiles,
+               "inference_profile": inference_profiles,
                "settings_per_run": [{k: r[k] for k in ("preset", "dim", "patch_size", "batch_size", "parameters",
                                                        "tiles", "inference_input_shape")} for r in runs],
                "elapsed_s": time.time() - started}
