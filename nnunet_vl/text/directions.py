@@ -90,7 +90,7 @@ _PREDICATE = frozenset("is are was were be been appears appear seems seem remain
 _COMPARATIVES = frozenset({"higher", "lower", "highest", "lowest", "higher than", "lower than"})
 _QUANTITY_GUARDED = _COMPARATIVES | {"upper", "top", "bottom", "above", "below"}
 _NUMBER_GUARDED = frozenset({"above", "below", "higher than", "lower than"})
-# "10 HU and above", "grade 3 or higher", "50 years and over": an open range after a number, unit or quantity
+# "10 HU and above", "grade 3 or higher", "age 50 and above": an open range after a number, unit or quantity
 _OPEN_RANGE_GUARDED = frozenset({"above", "below", "higher", "lower"})
 _UNITS = frozenset("hu mm cm ml cc mg kg g mbq bq percent year years y".split())
 _CLAUSE_END = re.compile(r"[;:!?,()\[\]]|\.(?!\d)")  # a decimal point ends no clause
