@@ -476,7 +476,6 @@ def code_snapshot(commit: str, workdir: Path) -> Path:
     return target
 
 
-
 def git_state() -> str:
     """The commit nnunet_vl is run from: a --code-snapshot's, or this repository's HEAD (and whether it is dirty)."""
     import nnunet_vl

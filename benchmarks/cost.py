@@ -130,8 +130,9 @@ def _interleaved(fns: dict, device: str, warmup: int, repeats: int) -> dict[str,
     return times
 
 
-def measure_time(spec: dict) -> tuple[dict, dict, dict]:
-    """Training and inference times of all models, interleaved; also returns the trainers and the batch."""
+def measure_time(spec: dict) -> tuple[dict, dict, dict, tuple[str, object]]:
+    """Training and inference times of all models, interleaved; also returns the trainers, the batch and the
+    inference case (id, data)."""
     plans, dataset_json = common.load_plans(spec["dataset_id"], spec["plans"])
     device, models = spec["device"], spec["models"]
     trainers = {m: common.make_trainer(m, plans, dataset_json, spec["configuration"], device) for m in models}
@@ -155,7 +156,7 @@ def measure_time(spec: dict) -> tuple[dict, dict, dict]:
         if tta:
             result["tta_mirror_axes"] = {m: list(p.allowed_mirroring_axes or ()) for m, p in predictors.items()}
         result["tiles"] = common.num_tiles(predictors[models[0]], data)
-    return result, trainers, batch
+    return result, trainers, batch, (case, data)
 
 
 def _warm_up_process(spec: dict, plans: dict, dataset_json: dict) -> None:
@@ -416,10 +417,9 @@ def worker(spec: dict) -> dict:
     (before this process computes anything), then the interleaved timings, then the optional profiles."""
     _setup_worker(spec)
     memory = {m: common.in_fresh_process(measure_memory, spec, m) for m in spec["models"]}
-    timing, trainers, batch = measure_time(spec)
+    timing, trainers, batch, (case, data) = measure_time(spec)
     profiles, inference_profiles = {}, {}
     if spec["profile"]:
-        case, data = common.inference_case(trainers[spec["models"][0]], spec["infer_scale"])
         inference_profiles = {m: profile_inference(trainers[m], m, case, data, spec) for m in spec["models"]}
         profiles = {m: profile_training(trainers[m], m, batch, spec) for m in spec["models"] if common.is_vl(m)}
     return {"memory": memory, "timing": timing, "profile": profiles, "inference_profile": inference_profiles}

@@ -95,8 +95,6 @@ def _run(step: str, cmd: list[str], env: dict, log: Path, started: float) -> Non
     demo_run(step, cmd, env, log, started)
 
 
-
-
 def find_trainer_module(name: str) -> str | None:
     """The module defining trainer `name`: found by nnU-Net's lookup (nnunetv2 and nnunet_vl's trainers), else
     defined in one of nnunet_vl.training's modules (the budget variant written here imports it from there)."""
@@ -299,8 +297,6 @@ def pseudo_dice_curve(fold: Path) -> list[list[float]]:
 
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     return [[float(v) for v in d] for d in checkpoint["logging"]["dice_per_class_or_region"]]
-
-
 
 
 def run_benchmark(settings: list[str], workdir: Path, epochs: int, iterations: int, num_train: int, num_test: int,

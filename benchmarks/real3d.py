@@ -692,13 +692,13 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
         plans_id = option_plans(options[row["option"]], did, preprocessed, workdir, encoder, env, log, started) \
             if "option" in row else PLANS
         results = res_root / folders[key].name
+        folder = fold_dir(results, row["trainer"], plans_id)
         if max_seconds is not None and time.time() - started > max_seconds \
-                and not (fold_dir(results, row["trainer"], plans_id) / "checkpoint_final.pth").is_file():
+                and not (folder / "checkpoint_final.pth").is_file():
             row["status"] = "not run (time)"
             _say(started, f"{row['row']} (run {row['run']}): not run (--max-minutes reached)")
             continue
         train_row(did, row["trainer"], plans_id, results, env, log, started, records, epochs)
-        folder = fold_dir(results, row["trainer"], plans_id)
         scored = predict_and_score(row, did, plans_id, folders[key], images, labels, sorted(splits[0]["val"]),
                                    workdir, env, log, started)
         row.update(plans=plans_id, dataset_id=did, folder=str(folder), **scored,
