@@ -16,8 +16,9 @@ Steps, each the command a user would type, with nnU-Net's folders in the work di
   budget trainers are written into the work dir (nnUNet_extTrainer);
 - scores: fold 0's validation cases predicted without test-time mirroring (`nnUNetv2_predict`, VL rows
   `nnUNetv2_predict_vl`), the same protocol for every row, scored by nnU-Net's evaluation (Dice, per case): the
-  comparisons and the goal use these; nnU-Net's own final validation (with test-time mirroring,
-  validation/summary.json) is reported beside them;
+  comparisons and the goal use these; nnU-Net's own final validation (validation/summary.json, from the
+  preprocessed data; without test-time mirroring unless --final-validation-mirroring, which costs 8x the
+  prediction time in 3D) is reported beside them;
 - time per epoch: nnU-Net's "Epoch time" log lines; peak memory: the max RSS of the `nnUNetv2_train` process as the
   kernel reports it to os.wait4 (ru_maxrss: the largest of that process and the worker processes it reaped, not
   their sum; the final validation included).
@@ -254,10 +255,12 @@ def trainer_name(base: str, epochs: int, iterations: int, run: int) -> str:
     return f"{base}_{budget_name(epochs, iterations)}" + (f"_run{run}" if run > 1 else "")
 
 
-def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterations: int, runs: int) -> None:
+def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterations: int, runs: int,
+                          final_mirroring: bool = False) -> None:
     """One class per (model, run) in `folder`, found by nnU-Net through nnUNet_extTrainer. Runs differ only by name
-    (their own output folders); nnU-Net's final validation is kept: it is the score. Every epoch saves
-    checkpoint_latest.pth, so an interrupted row continues (--c) from its last epoch."""
+    (their own output folders); nnU-Net's final validation is run, with test-time mirroring only when
+    `final_mirroring`. Every epoch saves checkpoint_latest.pth, so an interrupted row continues (--c) from its last
+    epoch."""
     bases = {"nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
              "nnUNetTrainerBiPVL": "nnunet_vl.training.nnUNetTrainerBiPVL",
              "nnUNetTrainerTMCA": "nnunet_vl.training.nnUNetTrainerTMCA"}
@@ -267,7 +270,8 @@ def write_budget_trainers(folder: Path, epochs: int, iterations: int, val_iterat
     for run in range(1, runs + 1):
         for base in bases:
             lines += [f"class {trainer_name(base, epochs, iterations, run)}(WithBudget, {base}):",
-                      f"    budget = Budget({epochs}, {iterations}, {val_iterations}, save_every=1)", ""]
+                      f"    budget = Budget({epochs}, {iterations}, {val_iterations}, save_every=1, "
+                      f"validation_mirroring={final_mirroring})", ""]
     folder.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines)
     target = folder / TRAINER_MODULE
@@ -358,7 +362,7 @@ def scores_from_summary(summary_file: Path) -> dict:
 
 
 def validation_scores(folder: Path) -> dict:
-    """nnU-Net's final validation of the fold (validation/summary.json, test-time mirroring)."""
+    """nnU-Net's final validation of the fold (validation/summary.json)."""
     return scores_from_summary(folder / "validation" / "summary.json")
 
 
@@ -551,6 +555,11 @@ def reading(summary: dict) -> list[str]:
     return lines
 
 
+def _final_protocol(budget: dict) -> str:
+    return ("with test-time mirroring" if budget.get("final_validation_mirroring", True) else
+            "without test-time mirroring, from the preprocessed data")
+
+
 def markdown(summary: dict, command: str) -> str:
     """The results table (every row, run or not), the paired differences and the reading."""
     b, data = summary["budget"], summary["data"]
@@ -562,7 +571,8 @@ def markdown(summary: dict, command: str) -> str:
              f"{b['iterations_per_epoch']} iterations ({b['val_iterations_per_epoch']} validation iterations per "
              f"epoch) for every row. Dice (nnU-Net's evaluation, mean over cases, %) of fold 0's validation cases "
              f"predicted without test-time mirroring, the same protocol for every row (the comparisons and the goal "
-             f"use it); beside it nnU-Net's own final validation (with test-time mirroring). Time per epoch: median of nnU-Net's \"Epoch time\" lines "
+             f"use it); beside it nnU-Net's own final validation ({_final_protocol(b)}). Time per epoch: median of "
+             f"nnU-Net's \"Epoch time\" lines "
              f"(first epoch in brackets). Peak memory: {summary['peak_memory_method']}. {summary['runs_note']}", "",
              "| row | run | Dice (%) | per-case SD | final validation Dice (%) | s per epoch | peak RSS (MB) | "
              "training + validation (min) |",
@@ -591,7 +601,7 @@ def markdown(summary: dict, command: str) -> str:
                          f"| {p['wins']} / {p['losses']} |")
     final_pairs = [p for p in summary.get("comparisons_final_validation", []) if p.get("n", 0) > 1]
     if final_pairs:
-        lines += ["", "The same differences on nnU-Net's final validation (with test-time mirroring): " + "; ".join(
+        lines += ["", f"The same differences on nnU-Net's final validation ({_final_protocol(b)}): " + "; ".join(
             f"{p['what']} (run {p['run']}) {_num(p['mean'], sign=True)} "
             f"[{_num(p['ci95'][0], sign=True)}, {_num(p['ci95'][1], sign=True)}]" for p in final_pairs) + "."]
     lines += [""] + reading(summary) + ["", "![per-case Dice](real3d.png)"]
@@ -649,7 +659,8 @@ def figure(summary: dict, out: Path) -> None:
 
 # ----- the run ----------------------------------------------------------------------------------------------------
 def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_iterations: int, runs: int, tmca: bool,
-                  encoder: str, smallest: bool, max_seconds: float | None = None) -> dict:
+                  encoder: str, smallest: bool, max_seconds: float | None = None, final_mirroring: bool = False
+                  ) -> dict:
     from nnunet_vl.cli.demo import demo_environment
 
     started = time.time()
@@ -678,7 +689,7 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
     second = pre_root / folders["name_only"].name / "splits_final.json"
     if not second.is_file() or second.read_text() != first.read_text():
         shutil.copy2(first, second)
-    write_budget_trainers(trainer_folder, epochs, iterations, val_iterations, runs)
+    write_budget_trainers(trainer_folder, epochs, iterations, val_iterations, runs, final_mirroring)
 
     rows = plan_rows(epochs, iterations, runs, tmca)
     options = {o.name: o for o in CLASS_TEXT_OPTIONS}
@@ -717,6 +728,7 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
             "data": {"train": len(splits[0]["train"]), "val": len(splits[0]["val"]),
                      "val_cases": sorted(splits[0]["val"])},
             "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
+                       "final_validation_mirroring": final_mirroring,
                        "batch_size": config["batch_size"], "patch_size": config["patch_size"]},
             "class_text_options": [{"name": o.name, "label": o.label, "key": o.key, "value": o.value,
                                     "built": option_built(o)} for o in CLASS_TEXT_OPTIONS],
@@ -748,6 +760,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="train no new row after this many minutes (the rest are listed as not run; trained rows are "
                         "still scored)")
+    p.add_argument("--final-validation-mirroring", action="store_true",
+                   help="nnU-Net's final validation with test-time mirroring (8 predictions per tile in 3D)")
     p.add_argument("--code-snapshot", metavar="COMMIT", default=None,
                    help="run nnunet_vl of this commit (unpacked in the work dir), not the working tree")
     args = p.parse_args(argv)
@@ -764,7 +778,8 @@ def main(argv: list[str] | None = None) -> None:
     common.run_on_code_snapshot(args.code_snapshot, workdir, out, Path(__file__).resolve(), argv, command)
     out.mkdir(parents=True, exist_ok=True)
     summary = run_benchmark(src, workdir, epochs, iterations, val_iterations, args.repeat, args.tmca,
-                            args.text_encoder, args.smallest, None if args.max_minutes is None else 60 * args.max_minutes)
+                            args.text_encoder, args.smallest, None if args.max_minutes is None else 60 * args.max_minutes,
+                            args.final_validation_mirroring)
     summary["code"] = common.git_state()
     summary["command"] = command
     (out / "real3d.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

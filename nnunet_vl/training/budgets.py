@@ -13,6 +13,7 @@ class Budget:
     iterations_per_epoch: int
     val_iterations_per_epoch: int
     save_every: int | None = None  # epochs between checkpoint_latest.pth saves (None: nnU-Net's 50)
+    validation_mirroring: bool = True  # False: nnU-Net's final validation without test-time mirroring
 
     def apply(self, trainer: nnUNetTrainer) -> None:
         trainer.num_epochs = self.epochs
@@ -39,6 +40,17 @@ class WithBudget:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget.apply(self)
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's final validation of the trainer; without test-time mirroring when the budget says so (the
+        checkpoint keeps its mirror axes)."""
+        if self.budget.validation_mirroring:
+            return super().perform_actual_validation(save_probabilities)
+        axes, self.inference_allowed_mirroring_axes = self.inference_allowed_mirroring_axes, None
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
 
 class nnUNetTrainer_cpu(WithBudget, nnUNetTrainer):

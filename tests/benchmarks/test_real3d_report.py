@@ -164,8 +164,10 @@ def test_budget_trainers_per_run_are_found_by_nnunet(tmp_path):
     trainer = types.SimpleNamespace(save_every=50)
     found.budget.apply(trainer)
     assert trainer.save_every == 1  # every epoch saves checkpoint_latest.pth: an interrupted row resumes there
-    # the score is nnU-Net's own final validation: not overridden
-    assert found.perform_actual_validation is nnUNetTrainerBiPVL.perform_actual_validation
+    # nnU-Net's own final validation, without test-time mirroring unless asked for
+    assert found.budget.validation_mirroring is False
+    real3d.write_budget_trainers(tmp_path / "mirrored", 3, 7, 2, runs=1, final_mirroring=True)
+    assert "validation_mirroring=True" in (tmp_path / "mirrored" / real3d.TRAINER_MODULE).read_text()
     assert recursive_find_python_class(str(tmp_path), "nnUNetTrainer_3x7", None, base_folder=str(tmp_path))
 
 
