@@ -12,8 +12,10 @@ description tokens).
 
     python benchmarks/class_text_cost.py --threads 1          # 3D (default), then read OUT/class_text_cost.md
     python benchmarks/class_text_cost.py --dim 2 --smallest   # plumbing check
+    python benchmarks/class_text_cost.py --dataset 960 -c 3d_fullres --preprocessed DIR --infer-scale 1.5   # real plans
 
-Writes OUT/class_text_cost.json and .md (OUT defaults to benchmarks/results).
+Writes OUT/class_text_cost.json and .md (with --dataset: OUT/class_text_cost_<dataset name>.json/.md; OUT defaults
+to benchmarks/results).
 """
 from __future__ import annotations
 
@@ -42,8 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--num-train", type=int, default=40)
+    p.add_argument("--infer-scale", type=float, default=2.0,
+                   help="inference case = a preprocessed case tiled to this many patch sizes per axis")
     p.add_argument("--smallest", action="store_true", help="tiny images, 1 repetition")
+    common.add_planned_dataset_arguments(p, "--dim, --num-train do not apply")
     args = p.parse_args(argv)
+    common.check_planned_dataset_arguments(p, args)
     if args.smallest:
         args.repeats, args.warmup, args.num_train = 1, 1, min(args.num_train, 8)
     args.size = (cost.SMALLEST_SIZE if args.smallest else cost.DEFAULT_SIZE)[args.dim]
@@ -70,7 +76,7 @@ def planner_estimate_mb(plans: dict, configuration: str, class_text: str) -> flo
 
 
 def _build(spec: dict, variant: str):
-    plans, dataset_json = common.load_plans(spec["dataset_id"])
+    plans, dataset_json = common.load_plans(spec["dataset_id"], spec["plans"])
     model, keys = VARIANTS[variant]
     trainer = common.make_trainer(model, variant_plans(plans, spec["configuration"], keys) if keys else plans,
                                   dataset_json, spec["configuration"], spec["device"])
@@ -93,7 +99,7 @@ def measure_memory(spec: dict, variant: str) -> dict:
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.optimizer.state.clear()
     predictor = common.make_predictor(trainer, model, use_mirroring=False)
-    case, data = common.inference_case(trainer, 2.0)
+    case, data = common.inference_case(trainer, spec["infer_scale"])
     if common.is_vl(model):
         predictor.select_case(case)
     memory.reset(baseline_mb=baseline)
@@ -110,7 +116,7 @@ def worker(spec: dict) -> dict:
     batch = common.real_batch(built["image-only"][1], seed=0)
     train = cost._interleaved({v: (lambda t=t: t.train_step(cost._batch_copy(batch))) for v, (_, t) in built.items()},
                               spec["device"], spec["warmup"], spec["repeats"])
-    case, data = common.inference_case(built["image-only"][1], 2.0)
+    case, data = common.inference_case(built["image-only"][1], spec["infer_scale"])
     predictors = {}
     for v, (model, trainer) in built.items():
         predictors[v] = common.make_predictor(trainer, model, use_mirroring=False)
@@ -118,7 +124,7 @@ def worker(spec: dict) -> dict:
             predictors[v].select_case(case)
     infer = cost._interleaved({v: (lambda p=p: p.predict_sliding_window_return_logits(data))
                                for v, p in predictors.items()}, spec["device"], 1, spec["repeats"])
-    plans, _ = common.load_plans(spec["dataset_id"])
+    plans, _ = common.load_plans(spec["dataset_id"], spec["plans"])
     text = plans["configurations"][spec["configuration"]]["text"]
     return {"memory": memory, "train_s": train, "infer_s": infer,
             "planner_held_mb": {v: planner_estimate_mb(plans, spec["configuration"], keys.get("class_text", "token"))
@@ -142,38 +148,50 @@ def markdown(payload: dict) -> str:
                      f"{m['infer_peak_mb']:.0f} ({m['infer_peak_mb'] / image['infer_mb']:.2f}×)",
                      f"{r['planner_held_mb'][v]:.0f}" if v in r["planner_held_mb"] else "–"])
     t = r["text_tokens"]
-    head = (f"{payload['dim']}D synthetic, patch {r['patch_size']}, batch {r['batch_size']}; text: report ≤ "
+    head = (f"{payload.get('dataset') or str(payload['dim']) + 'D synthetic'}, plans `{payload.get('plans', 'nnUNetPlans')}`, patch {r['patch_size']}, batch {r['batch_size']}; text: report ≤ "
             f"{t['max_tokens']} tokens, {t['classes']} classes of ≤ {t['max_label_tokens']} tokens; "
             f"{payload['settings']['repeats']} interleaved repeats (median), {payload['machine'].get('torch_threads')} "
             f"threads, load at start {payload['machine'].get('load_average_at_start')}; × = ratio to image-only. "
             f"Memory: {r['memory']['image-only']['method']}.")
     table = common.markdown_table(["variant", "train s/step", "infer s/case", "train peak MB", "infer peak MB",
                                    "planner fusion estimate MB (GPU, fp16)"], rows)
-    return head + "\n\n" + table
+    return "# Cost of BiPVL's class-text options relative to image-only nnUNetTrainer\n\n" + head + "\n\n" + table
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        common.set_nnunet_env(Path(spec["workdir"]))
+        common.set_nnunet_env(Path(spec["workdir"]), spec.get("preprocessed") and Path(spec["preprocessed"]))
         common.write_result(spec, worker(spec))
         return 0
-    common.set_nnunet_env(args.workdir)
+    common.set_nnunet_env(args.workdir, args.preprocessed)
     started = time.time()
     machine = common.machine_info(args.device)
     if args.threads:
         machine["torch_threads"] = args.threads
-    did, configuration = common.prepare_dataset(args.dim, "bipvl", args.text_encoder, args.num_train, args.size,
-                                                log=lambda s: print(s, flush=True))
+    dataset, plans_id = None, "nnUNetPlans"
+    if args.dataset is not None:
+        from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+        did, configuration, plans_id = args.dataset, args.configuration, args.plans
+        args.dim = len(common.planned_configuration(args)["patch_size"])
+        dataset = convert_id_to_dataset_name(did)
+    else:
+        did, configuration = common.prepare_dataset(args.dim, "bipvl", args.text_encoder, args.num_train, args.size,
+                                                    log=lambda s: print(s, flush=True))
     spec = {"workdir": str(args.workdir), "device": args.device, "threads": args.threads, "dataset_id": did,
-            "configuration": configuration, "repeats": args.repeats, "warmup": args.warmup, "name": "class_text_cost"}
-    result = common.run_worker(SCRIPT, spec, args.workdir / "worker_results" / f"class_text_cost_{args.dim}d.json")
-    payload = {"dim": args.dim, "settings": {k: v for k, v in vars(args).items() if k != "worker"} | {
-        "workdir": str(args.workdir), "out": str(args.out)}, "machine": machine, "result": result,
-        "elapsed_s": time.time() - started}
+            "configuration": configuration, "plans": plans_id, "repeats": args.repeats, "warmup": args.warmup,
+            "infer_scale": args.infer_scale, "preprocessed": args.preprocessed and str(args.preprocessed),
+            "name": "class_text_cost"}
+    stem = "class_text_cost" + (f"_{dataset}" if dataset else "")
+    result = common.run_worker(SCRIPT, spec, args.workdir / "worker_results" / f"{stem}_{args.dim}d.json")
+    settings = {k: v for k, v in vars(args).items() if k != "worker"} | {
+        "workdir": str(args.workdir), "out": str(args.out), "preprocessed": args.preprocessed and str(args.preprocessed)}
+    payload = {"dim": args.dim, "dataset": dataset, "plans": plans_id, "settings": settings, "machine": machine,
+               "result": result, "elapsed_s": time.time() - started}
     text = markdown(payload)
-    common.publish(args.out, "class_text_cost", payload, text, started)
+    common.publish(args.out, stem, payload, text, started)
     return 0
 
 

@@ -54,6 +54,39 @@ def benchmark_parser(description: str, outputs: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_planned_dataset_arguments(p: argparse.ArgumentParser, not_applying: str) -> None:
+    """--dataset, --plans, -c and --preprocessed: measure on an already planned dataset instead of synthetic data."""
+    p.add_argument("--dataset", type=int, default=None,
+                   help="measure on this already planned dataset (id) instead of synthetic data; its text preset is "
+                        f"the one it was planned with ({not_applying})")
+    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier with --dataset (default: %(default)s)")
+    p.add_argument("-c", "--configuration", default="2d", help="configuration with --dataset (default: %(default)s)")
+    p.add_argument("--preprocessed", type=Path, default=None,
+                   help="nnUNet_preprocessed folder holding --dataset (default: the nnUNet_preprocessed env var)")
+
+
+def check_planned_dataset_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """With --dataset, --preprocessed defaults to $nnUNet_preprocessed and must be a folder."""
+    if args.dataset is None:
+        return
+    args.preprocessed = args.preprocessed or (Path(os.environ["nnUNet_preprocessed"])
+                                              if os.environ.get("nnUNet_preprocessed") else None)
+    if args.preprocessed is None or not args.preprocessed.is_dir():
+        p.error("--dataset needs the nnUNet_preprocessed folder holding it: pass --preprocessed DIR or set "
+                "nnUNet_preprocessed")
+
+
+def planned_configuration(args: argparse.Namespace) -> dict:
+    """The --dataset's configuration of --plans, which must have a text section (nnunet_vl planned it)."""
+    plans, _ = load_plans(args.dataset, args.plans)
+    config = plans["configurations"].get(args.configuration)
+    if config is None or "text" not in config:
+        raise SystemExit(f"{args.preprocessed}: configuration '{args.configuration}' of plans '{args.plans}' "
+                         f"{'does not exist' if config is None else 'has no text section'}. Fix: plan it with "
+                         f"nnUNetv2_plan_and_preprocess_vl -d {args.dataset} -c {args.configuration}")
+    return config
+
+
 def set_nnunet_env(workdir: Path, preprocessed: Path | None = None) -> dict[str, Path]:
     """Point nnU-Net's folders into workdir (nnUNet_preprocessed to `preprocessed` when given: an already planned
     dataset is read there, nothing is written to it). Must run before nnunetv2 is imported (it reads them at import)."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,20 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also break training and inference down by component")
     p.add_argument("--smallest", action="store_true",
                    help="smoke-test setting: 2D, light preset, tiny images, 1 repetition")
-    p.add_argument("--dataset", type=int, default=None,
-                   help="measure on this already planned dataset (id) instead of the synthetic ones; its text "
-                        "preset is the one it was planned with (--presets, --dims, --num-train do not apply)")
-    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier with --dataset (default: %(default)s)")
-    p.add_argument("-c", "--configuration", default="2d", help="configuration with --dataset (default: %(default)s)")
-    p.add_argument("--preprocessed", type=Path, default=None,
-                   help="nnUNet_preprocessed folder holding --dataset (default: the nnUNet_preprocessed env var)")
+    common.add_planned_dataset_arguments(p, "--presets, --dims, --num-train do not apply")
     args = p.parse_args(argv)
-    if args.dataset is not None:
-        args.preprocessed = args.preprocessed or (Path(os.environ["nnUNet_preprocessed"])
-                                                  if os.environ.get("nnUNet_preprocessed") else None)
-        if args.preprocessed is None or not args.preprocessed.is_dir():
-            p.error("--dataset needs the nnUNet_preprocessed folder holding it: pass --preprocessed DIR or set "
-                    "nnUNet_preprocessed")
+    common.check_planned_dataset_arguments(p, args)
     if args.smallest:
         args.presets, args.dims, args.repeats, args.warmup = "light", "2", 1, 1
         args.num_train, args.infer_scale = min(args.num_train, 8), 1.0
@@ -568,12 +556,7 @@ def settings_to_measure(args: argparse.Namespace) -> list[tuple[dict, int, str, 
     if args.dataset is not None:
         from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-        plans, _ = common.load_plans(args.dataset, args.plans)
-        config = plans["configurations"].get(args.configuration)
-        if config is None or "text" not in config:
-            raise SystemExit(f"{args.preprocessed}: configuration '{args.configuration}' of plans '{args.plans}' "
-                             f"{'does not exist' if config is None else 'has no text section'}. Fix: plan it with "
-                             f"nnUNetv2_plan_and_preprocess_vl -d {args.dataset} -c {args.configuration}")
+        config = common.planned_configuration(args)
         dim = len(config["patch_size"])
         setting = {"preset": config["text"]["preset"], "dim": dim, "dataset": convert_id_to_dataset_name(args.dataset),
                    "plans": args.plans}

@@ -116,3 +116,25 @@ def test_scaling_patch_edges_are_rounded_to_the_network_stride():
     assert by_axis["patch voxels", "130^3"]["patch_size"] == [128, 128, 128]
     assert by_axis["fused stages", "all"]["patch_size"] == [96, 96, 96]
     assert by_axis["patch voxels", "130^3"]["fusion_pool"][0] == [8, 8, 8]  # 128³ / 8³ = 4096 tokens
+
+
+def test_class_text_cost_on_a_planned_dataset(bench_dirs, tiny_bert):
+    """class_text_cost.py --dataset times every class-text variant on an existing planned dataset's plans."""
+    preprocessed = bench_dirs["work"] / "nnUNet_preprocessed"
+    dataset = next(preprocessed.glob("Dataset*_Bench2Dlight"))
+    did = int(dataset.name[len("Dataset"):].split("_")[0])
+    cmd = [sys.executable, str(REPO / "benchmarks" / "class_text_cost.py"), "--dataset", str(did), "--preprocessed",
+           str(preprocessed), "--repeats", "1", "--warmup", "1", "--infer-scale", "1", "--threads", "1",
+           "--workdir", str(bench_dirs["work"] / "class_text"), "--out", str(bench_dirs["out"]),
+           "--text-encoder", str(tiny_bert)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    payload = json.loads((bench_dirs["out"] / f"class_text_cost_{dataset.name}.json").read_text())
+    r = payload["result"]
+    assert payload["dim"] == 2 and payload["plans"] == "nnUNetPlans"
+    assert set(r["train_s"]) == {"image-only", "token", "sentences", "token + train_concepts",
+                                 "sentences + train_concepts"}
+    assert all(_positive(r["memory"][v]["train_peak_mb"]) for v in r["train_s"])
+    # sentences fuse every description token: the planner's estimate grows with them
+    assert r["planner_held_mb"]["sentences"] > r["planner_held_mb"]["token"]
+    assert (bench_dirs["out"] / f"class_text_cost_{dataset.name}.md").read_text().startswith("# ")
