@@ -78,15 +78,20 @@ def test_scaling_smallest(bench_dirs, tiny_bert):
         assert row["planner_mb"] == pytest.approx(sum(row["planner_per_stage_mb"].values()), abs=0.05)
 
 
-def test_cost_on_a_planned_dataset(bench_dirs, tiny_bert):
-    """--dataset measures an existing planned dataset (here the one test_cost_smallest planned) with its own plans."""
-    preprocessed = bench_dirs["work"] / "nnUNet_preprocessed"
+def _on_planned_dataset(script: str, dirs: dict[str, Path], tiny_bert: Path, workdir: str) -> tuple[Path, list[str]]:
+    """The dataset test_cost_smallest planned, and `script`'s command measuring it with --dataset (1 repetition)."""
+    preprocessed = dirs["work"] / "nnUNet_preprocessed"
     dataset = next(preprocessed.glob("Dataset*_Bench2Dlight"))
     did = int(dataset.name[len("Dataset"):].split("_")[0])
-    cmd = [sys.executable, str(REPO / "benchmarks" / "cost.py"), "--dataset", str(did), "--preprocessed",
-           str(preprocessed), "--repeats", "1", "--warmup", "1", "--infer-scale", "1", "--threads", "1",
-           "--workdir", str(bench_dirs["work"] / "on_dataset"), "--out", str(bench_dirs["out"]),
-           "--text-encoder", str(tiny_bert)]
+    return dataset, [sys.executable, str(REPO / "benchmarks" / script), "--dataset", str(did), "--preprocessed",
+                     str(preprocessed), "--repeats", "1", "--warmup", "1", "--infer-scale", "1", "--threads", "1",
+                     "--workdir", str(dirs["work"] / workdir), "--out", str(dirs["out"]), "--text-encoder",
+                     str(tiny_bert)]
+
+
+def test_cost_on_a_planned_dataset(bench_dirs, tiny_bert):
+    """--dataset measures an existing planned dataset (here the one test_cost_smallest planned) with its own plans."""
+    dataset, cmd = _on_planned_dataset("cost.py", bench_dirs, tiny_bert, "on_dataset")
     missing = subprocess.run(cmd + ["--plans", "nnUNetPlans_missing"], capture_output=True, text=True, timeout=600)
     assert missing.returncode != 0 and "nnUNetPlans_missing.json does not exist" in missing.stderr
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -120,13 +125,7 @@ def test_scaling_patch_edges_are_rounded_to_the_network_stride():
 
 def test_class_text_cost_on_a_planned_dataset(bench_dirs, tiny_bert):
     """class_text_cost.py --dataset times every class-text variant on an existing planned dataset's plans."""
-    preprocessed = bench_dirs["work"] / "nnUNet_preprocessed"
-    dataset = next(preprocessed.glob("Dataset*_Bench2Dlight"))
-    did = int(dataset.name[len("Dataset"):].split("_")[0])
-    cmd = [sys.executable, str(REPO / "benchmarks" / "class_text_cost.py"), "--dataset", str(did), "--preprocessed",
-           str(preprocessed), "--repeats", "1", "--warmup", "1", "--infer-scale", "1", "--threads", "1",
-           "--workdir", str(bench_dirs["work"] / "class_text"), "--out", str(bench_dirs["out"]),
-           "--text-encoder", str(tiny_bert)]
+    dataset, cmd = _on_planned_dataset("class_text_cost.py", bench_dirs, tiny_bert, "class_text")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     payload = json.loads((bench_dirs["out"] / f"class_text_cost_{dataset.name}.json").read_text())
