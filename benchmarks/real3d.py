@@ -448,7 +448,7 @@ def mean_over_runs(rows: list[dict], score: str | None = None) -> dict[str, floa
 
 def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
     """Paired per-case differences: every done VL row - image-only of the same run; the description - name only
-    (what the description's words add); image-only run k - run 1 (run-to-run noise); with >1 run, the means over
+    (what the description's words add); every other class-text option - the default; image-only run k - run 1 (run-to-run noise); with >1 run, the means over
     runs. score: None = the primary per-case Dice (no mirroring), "final_validation" = nnU-Net's."""
     done = [r for r in rows if r.get("status") == "done"]
     by = {(r["group"], r["run"]): r for r in done}
@@ -463,6 +463,12 @@ def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
         if r["group"].startswith("bipvl_") and r["group"] != "bipvl_name_only" and name_only is not None:
             out.append({"what": f"{r['row']} − BiPVL label name only", "run": r["run"], "group": r["group"],
                         "vs": "bipvl_name_only", **paired(per_case(r, score), per_case(name_only, score))})
+    default = f"bipvl_{CLASS_TEXT_OPTIONS[0].name}"
+    for r in done:  # what decides the default class-text option: every other option - the default, same dataset
+        token = by.get((default, r["run"]))
+        if r["group"].startswith("bipvl_") and r["group"] not in (default, "bipvl_name_only") and token is not None:
+            out.append({"what": f"{r['row']} − {token['row']}", "run": r["run"], "group": r["group"], "vs": default,
+                        **paired(per_case(r, score), per_case(token, score))})
     first = by.get(("image", 1))
     for r in done:
         if r["group"] == "image" and r["run"] > 1 and first is not None:

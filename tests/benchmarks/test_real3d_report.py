@@ -86,6 +86,18 @@ def test_goal_is_met_on_means_but_not_shown_by_a_wide_interval():
     assert real3d.goal_check(rows, pairs)["met"] and real3d.goal_check(rows, pairs)["shown"]
 
 
+def test_class_text_options_are_compared_with_the_default():
+    """sentences - token (same run, same cases) is listed: it decides the default option; name only is not."""
+    real3d = _real3d()
+    rows = [_row(real3d, "image", 1, IMAGE), _row(real3d, "bipvl_token", 1, IMAGE),
+            _row(real3d, "bipvl_sentences", 1, BIPVL), _row(real3d, "bipvl_name_only", 1, NAME_ONLY)]
+    options = [p for p in real3d.comparisons(rows) if p["vs"] == "bipvl_token"]
+    assert [p["what"] for p in options] == ["BiPVL, class text: sentences − BiPVL, class text: one token per class"]
+    assert options[0]["mean"] == pytest.approx(1.0) and options[0]["n"] == 4
+    # not a goal row: the goal compares with image-only only
+    assert all(g["what"] != options[0]["what"] for g in real3d.goal_check(rows, real3d.comparisons(rows))["per_row"])
+
+
 def test_second_run_adds_noise_row_and_means_over_runs():
     real3d = _real3d()
     image2 = {c: v + 0.01 for c, v in IMAGE.items()}
