@@ -448,8 +448,9 @@ def mean_over_runs(rows: list[dict], score: str | None = None) -> dict[str, floa
 
 def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
     """Paired per-case differences: every done VL row - image-only of the same run; the description - name only
-    (what the description's words add); every other class-text option - the default; image-only run k - run 1 (run-to-run noise); with >1 run, the means over
-    runs. score: None = the primary per-case Dice (no mirroring), "final_validation" = nnU-Net's."""
+    (what the description's words add); every other class-text option - the default; image-only run k - run 1
+    (run-to-run noise); with >1 run, the means over runs. score: None = the primary per-case Dice (no mirroring),
+    "final_validation" = nnU-Net's."""
     done = [r for r in rows if r.get("status") == "done"]
     by = {(r["group"], r["run"]): r for r in done}
     out = []
