@@ -148,7 +148,9 @@ def markdown(payload: dict) -> str:
                      f"{m['infer_peak_mb']:.0f} ({m['infer_peak_mb'] / image['infer_mb']:.2f}×)",
                      f"{r['planner_held_mb'][v]:.0f}" if v in r["planner_held_mb"] else "–"])
     t = r["text_tokens"]
-    head = (f"{payload.get('dataset') or str(payload['dim']) + 'D synthetic'}, plans `{payload.get('plans', 'nnUNetPlans')}`, patch {r['patch_size']}, batch {r['batch_size']}; text: report ≤ "
+    data = payload.get("dataset") or f"{payload['dim']}D synthetic"
+    head = (f"{data}, plans `{payload.get('plans', 'nnUNetPlans')}`, patch {r['patch_size']}, batch "
+            f"{r['batch_size']}; text: report ≤ "
             f"{t['max_tokens']} tokens, {t['classes']} classes of ≤ {t['max_label_tokens']} tokens; "
             f"{payload['settings']['repeats']} interleaved repeats (median), {payload['machine'].get('torch_threads')} "
             f"threads, load at start {payload['machine'].get('load_average_at_start')}; × = ratio to image-only. "
@@ -172,11 +174,9 @@ def main(argv=None) -> int:
         machine["torch_threads"] = args.threads
     dataset, plans_id = None, "nnUNetPlans"
     if args.dataset is not None:
-        from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
-
         did, configuration, plans_id = args.dataset, args.configuration, args.plans
-        args.dim = len(common.planned_configuration(args)["patch_size"])
-        dataset = convert_id_to_dataset_name(did)
+        dataset, config = common.planned_configuration(args)
+        args.dim = len(config["patch_size"])
     else:
         did, configuration = common.prepare_dataset(args.dim, "bipvl", args.text_encoder, args.num_train, args.size,
                                                     log=lambda s: print(s, flush=True))

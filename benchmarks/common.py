@@ -76,15 +76,17 @@ def check_planned_dataset_arguments(p: argparse.ArgumentParser, args: argparse.N
                 "nnUNet_preprocessed")
 
 
-def planned_configuration(args: argparse.Namespace) -> dict:
-    """The --dataset's configuration of --plans, which must have a text section (nnunet_vl planned it)."""
+def planned_configuration(args: argparse.Namespace) -> tuple[str, dict]:
+    """The --dataset's name and its configuration of --plans, which must have a text section (nnunet_vl planned it)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
     plans, _ = load_plans(args.dataset, args.plans)
     config = plans["configurations"].get(args.configuration)
     if config is None or "text" not in config:
         raise SystemExit(f"{args.preprocessed}: configuration '{args.configuration}' of plans '{args.plans}' "
                          f"{'does not exist' if config is None else 'has no text section'}. Fix: plan it with "
                          f"nnUNetv2_plan_and_preprocess_vl -d {args.dataset} -c {args.configuration}")
-    return config
+    return convert_id_to_dataset_name(args.dataset), config
 
 
 def set_nnunet_env(workdir: Path, preprocessed: Path | None = None) -> dict[str, Path]:

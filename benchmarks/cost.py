@@ -554,12 +554,9 @@ def settings_to_measure(args: argparse.Namespace) -> list[tuple[dict, int, str, 
     """(setting, dataset id, configuration, plans identifier) of every run: the synthetic dataset of each preset x
     dimension (made and planned here), or the one planned dataset given with --dataset."""
     if args.dataset is not None:
-        from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
-
-        config = common.planned_configuration(args)
+        dataset, config = common.planned_configuration(args)
         dim = len(config["patch_size"])
-        setting = {"preset": config["text"]["preset"], "dim": dim, "dataset": convert_id_to_dataset_name(args.dataset),
-                   "plans": args.plans}
+        setting = {"preset": config["text"]["preset"], "dim": dim, "dataset": dataset, "plans": args.plans}
         return [(setting, args.dataset, args.configuration, args.plans)]
     runs = []
     for preset in [p for p in args.presets.split(",") if p]:

@@ -91,6 +91,11 @@ def _say(started: float, message: str) -> None:
 
 
 # ----- class-text options ------------------------------------------------------------------------------------
+def option_group(option: ClassTextOption) -> str:
+    """The table group of BiPVL's row with this option (bipvl_token, bipvl_sentences)."""
+    return f"bipvl_{option.name}"
+
+
 def option_built(option: ClassTextOption, sources: tuple[Path, ...] = OPTION_SOURCES) -> bool:
     """Whether the option exists: no key (the default), or its key quoted in a preset (.json) or planning source."""
     if option.key is None:
@@ -292,7 +297,7 @@ def plan_rows(epochs: int, iterations: int, runs: int, tmca: bool,
         rows.append(row("nnU-Net (image only)", "nnUNetTrainer", "description", False, group="image"))
         for option in options:
             entry = row(f"BiPVL, class text: {option.label}", "nnUNetTrainerBiPVL", "description", True,
-                        group=f"bipvl_{option.name}", option=option.name)
+                        group=option_group(option), option=option.name)
             if not option_built(option, sources):
                 entry["status"] = "not run (option not built)"
             rows.append(entry)
@@ -464,12 +469,12 @@ def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
         if r["group"].startswith("bipvl_") and r["group"] != "bipvl_name_only" and name_only is not None:
             out.append({"what": f"{r['row']} − BiPVL label name only", "run": r["run"], "group": r["group"],
                         "vs": "bipvl_name_only", **paired(per_case(r, score), per_case(name_only, score))})
-    default = f"bipvl_{CLASS_TEXT_OPTIONS[0].name}"
+    default = option_group(CLASS_TEXT_OPTIONS[0])
     for r in done:  # what decides the default class-text option: every other option - the default, same dataset
-        token = by.get((default, r["run"]))
-        if r["group"].startswith("bipvl_") and r["group"] not in (default, "bipvl_name_only") and token is not None:
-            out.append({"what": f"{r['row']} − {token['row']}", "run": r["run"], "group": r["group"], "vs": default,
-                        **paired(per_case(r, score), per_case(token, score))})
+        base = by.get((default, r["run"]))
+        if r["group"].startswith("bipvl_") and r["group"] not in (default, "bipvl_name_only") and base is not None:
+            out.append({"what": f"{r['row']} − {base['row']}", "run": r["run"], "group": r["group"], "vs": default,
+                        **paired(per_case(r, score), per_case(base, score))})
     first = by.get(("image", 1))
     for r in done:
         if r["group"] == "image" and r["run"] > 1 and first is not None:
