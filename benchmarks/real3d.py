@@ -24,7 +24,8 @@ Steps, each the command a user would type, with nnU-Net's folders in the work di
   their sum; the final validation included).
 
 Rows resume one by one: a scored row is reused, a trained one only validated (--val), an interrupted one continues
-(--c). nnU-Net's training is not seeded: one run per row; `--repeat N` adds runs 2..N as further rows (trainer name
+(--c); a row whose work dir is gone is taken from <out>/real3d.json when that was written at the same budget and
+validation cases (its code commit is shown beside its run; --retrain trains it again). nnU-Net's training is not seeded: one run per row; `--repeat N` adds runs 2..N as further rows (trainer name
 suffix `_run<k>`, own output folders), resumable like the first. Writes <out>/real3d.{json,md,png}.
 
     python benchmarks/real3d.py                          # 10 epochs x 50 iterations, 1 run per row
@@ -598,7 +599,8 @@ def markdown(summary: dict, command: str) -> str:
         peak = max((i["peak_rss_mb"] for i in row.get("invocations", [])), default=None)
         minutes = sum(i["seconds"] for i in row.get("invocations", [])) / 60 if row.get("invocations") else None
         final = row.get("final_validation", {}).get("dice")
-        lines.append(f"| {row['row']} | {row['run']} | {_pts(row['dice'])} | {_num(sd)} | {_pts(final)} | "
+        run = f"{row['run']} (code {row['reused_from'][:7]})" if row.get("reused_from") else row["run"]
+        lines.append(f"| {row['row']} | {run} | {_pts(row['dice'])} | {_num(sd)} | {_pts(final)} | "
                      f"{epoch_summary(row.get('epoch_times_s', []))} | {'–' if peak is None else f'{peak:.0f}'} | "
                      f"{_num(minutes, 1)} |")
     pairs = [p for p in summary["comparisons"] if p.get("n", 0) > 0]
@@ -669,10 +671,23 @@ def figure(summary: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def reusable_rows(earlier: dict | None, budget: dict, val_cases: list[str]) -> dict[tuple, dict]:
+    """Scored rows of an earlier real3d.json with the same budget and validation cases, by (trainer, group, run,
+    option): rows whose work dir is gone (a fresh checkout) are taken from it rather than retrained."""
+    if not earlier or earlier.get("data", {}).get("val_cases") != val_cases:
+        return {}
+    same = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "final_validation_mirroring")
+    if any(earlier.get("budget", {}).get(k) != budget.get(k) for k in same):
+        return {}
+    code = str(earlier.get("code") or "unknown").split()[0]
+    return {(r["trainer"], r["group"], r["run"], r.get("option")): dict(r, reused_from=r.get("reused_from") or code)
+            for r in earlier.get("rows", []) if r.get("status") == "done"}
+
+
 # ----- the run ----------------------------------------------------------------------------------------------------
 def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_iterations: int, runs: int, tmca: bool,
-                  encoder: str, smallest: bool, max_seconds: float | None = None, final_mirroring: bool = False
-                  ) -> dict:
+                  encoder: str, smallest: bool, max_seconds: float | None = None, final_mirroring: bool = False,
+                  earlier: dict | None = None) -> dict:
     from nnunet_vl.cli.demo import demo_environment
 
     started = time.time()
@@ -706,8 +721,18 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
     rows = plan_rows(epochs, iterations, runs, tmca)
     options = {o.name: o for o in CLASS_TEXT_OPTIONS}
     images, labels = validation_folders(folders["description"], sorted(splits[0]["val"]), workdir)
+    budget = {"epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
+              "final_validation_mirroring": final_mirroring}
+    reusable = reusable_rows(earlier, budget, sorted(splits[0]["val"]))
     for row in rows:
         if row.get("status"):
+            continue
+        done = reusable.get((row["trainer"], row["group"], row["run"], row.get("option")))
+        if done is not None and not (fold_dir(res_root / folders[row["dataset"]].name, row["trainer"],
+                                              done.get("plans", PLANS)) / "checkpoint_final.pth").is_file():
+            row.update(done)
+            _say(started, f"{row['row']} (run {row['run']}): scored earlier (code {row['reused_from']}), "
+                          f"taken from the earlier real3d.json")
             continue
         key = row["dataset"]
         did = DATASETS[key][0]
@@ -739,9 +764,7 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
             "source": str(src), "configuration": CONFIGURATION, "smallest": smallest,
             "data": {"train": len(splits[0]["train"]), "val": len(splits[0]["val"]),
                      "val_cases": sorted(splits[0]["val"])},
-            "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
-                       "final_validation_mirroring": final_mirroring,
-                       "batch_size": config["batch_size"], "patch_size": config["patch_size"]},
+            "budget": {**budget, "batch_size": config["batch_size"], "patch_size": config["patch_size"]},
             "class_text_options": [{"name": o.name, "label": o.label, "key": o.key, "value": o.value,
                                     "built": option_built(o)} for o in CLASS_TEXT_OPTIONS],
             "label_texts": {"description": source_json.get("label_texts"), "name_only": texts["name_only"]},
@@ -774,6 +797,9 @@ def main(argv: list[str] | None = None) -> None:
                         "still scored)")
     p.add_argument("--final-validation-mirroring", action="store_true",
                    help="nnU-Net's final validation with test-time mirroring (8 predictions per tile in 3D)")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain rows whose work dir is gone rather than take them from an earlier <out>/real3d.json "
+                        "of the same budget")
     p.add_argument("--code-snapshot", metavar="COMMIT", default=None,
                    help="run nnunet_vl of this commit (unpacked in the work dir), not the working tree")
     args = p.parse_args(argv)
@@ -789,9 +815,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or (workdir if args.smallest else DEFAULT_OUT)).resolve()
     common.run_on_code_snapshot(args.code_snapshot, workdir, out, Path(__file__).resolve(), argv, command)
     out.mkdir(parents=True, exist_ok=True)
+    earlier_file = out / "real3d.json"
+    earlier = None if args.retrain or not earlier_file.is_file() else json.loads(earlier_file.read_text())
     summary = run_benchmark(src, workdir, epochs, iterations, val_iterations, args.repeat, args.tmca,
                             args.text_encoder, args.smallest, None if args.max_minutes is None else 60 * args.max_minutes,
-                            args.final_validation_mirroring)
+                            args.final_validation_mirroring, earlier)
     summary["code"] = common.git_state()
     summary["command"] = command
     (out / "real3d.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

@@ -197,3 +197,22 @@ def test_epoch_times_and_scores_are_read_from_nnunet_files(tmp_path):
                             {"reference_file": "/gt/la_01.nii.gz", "prediction_file": "/v/la_01.nii.gz",
                              "metrics": {"1": {"Dice": 0.7}}}]}))
     assert real3d.validation_scores(tmp_path) == {"dice": 0.75, "per_case_dice": {"la_00": 0.8, "la_01": 0.7}}
+
+
+def test_rows_of_an_earlier_json_are_reused_only_at_the_same_budget_and_cases():
+    real3d = _real3d()
+    budget = {"epochs": 4, "iterations_per_epoch": 25, "val_iterations_per_epoch": 5,
+              "final_validation_mirroring": False}
+    done = _row(real3d, "image", 1, {"a": 0.7, "b": 0.8}, trainer="nnUNetTrainer_4x25")
+    failed = dict(_row(real3d, "bipvl_token", 1, None, trainer="nnUNetTrainerBiPVL_4x25"), status="not run (time)")
+    earlier = {"budget": dict(budget, batch_size=3), "data": {"val_cases": ["a", "b"]}, "code": "2335ccf (snapshot)",
+               "rows": [done, failed]}
+    reused = real3d.reusable_rows(earlier, budget, ["a", "b"])
+    assert list(reused) == [("nnUNetTrainer_4x25", "image", 1, None)]
+    assert reused[("nnUNetTrainer_4x25", "image", 1, None)]["reused_from"] == "2335ccf"
+    assert real3d.reusable_rows(earlier, dict(budget, epochs=10), ["a", "b"]) == {}
+    assert real3d.reusable_rows(earlier, budget, ["a", "c"]) == {}
+    assert real3d.reusable_rows(None, budget, ["a", "b"]) == {}
+    again = {**earlier, "code": "5d102d8", "rows": list(reused.values())}
+    assert real3d.reusable_rows(again, budget, ["a", "b"])[("nnUNetTrainer_4x25", "image", 1, None)][
+        "reused_from"] == "2335ccf"
