@@ -10,9 +10,9 @@ Steps, each the command a user would type, with nnU-Net's folders in the work di
 - one splits_final.json (nnU-Net's own 5-fold split, seed 12345) written for the first dataset and copied to the
   second, so fold 0 is the same 64 / 16 cases in every row;
 - `nnUNetv2_train D 3d_fullres 0 -tr <budget trainer>` per row: nnUNetTrainer, nnUNetTrainerBiPVL with each
-  class-text option (CLASS_TEXT_OPTIONS: a preset key; an option other than the default is planned by the planner
-  with `--preset FILE -overwrite_plans_name`, and listed as "not run (option not built)" while its key exists in
-  no preset nor planning source), BiPVL on the name-only dataset; TMCA only with --tmca (no reports here). The
+  class-text option (CLASS_TEXT_OPTIONS: a preset key, each planned by the planner with `--preset FILE
+  -overwrite_plans_name`, so a row reads what it says whatever the preset's default; listed as "not run (option not
+  built)" while its key exists in no preset nor planning source), BiPVL on the name-only dataset; TMCA only with --tmca (no reports here). The
   budget trainers are written into the work dir (nnUNet_extTrainer);
 - scores: fold 0's validation cases predicted without test-time mirroring (`nnUNetv2_predict`, VL rows
   `nnUNetv2_predict_vl`), the same protocol for every row, scored by nnU-Net's evaluation (Dice, per case): the
@@ -81,7 +81,7 @@ class ClassTextOption:
 
 
 CLASS_TEXT_OPTIONS = (
-    ClassTextOption("token", "one token (mean of word embeddings)"),
+    ClassTextOption("token", "one token (mean of word embeddings)", "class_text", "token"),
     ClassTextOption("sentences", "sentences through the fusion", "class_text", "sentences"),
 )
 OPTION_SOURCES = (REPO / "nnunet_vl" / "planning", REPO / "planners")
@@ -454,7 +454,7 @@ def mean_over_runs(rows: list[dict], score: str | None = None) -> dict[str, floa
 
 def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
     """Paired per-case differences: every done VL row - image-only of the same run; the description - name only
-    (what the description's words add); every other class-text option - the default; image-only run k - run 1
+    (what the description's words add); every other class-text option - the first (token); image-only run k - run 1
     (run-to-run noise); with >1 run, the means over runs. score: None = the primary per-case Dice (no mirroring),
     "final_validation" = nnU-Net's."""
     done = [r for r in rows if r.get("status") == "done"]
@@ -471,7 +471,7 @@ def comparisons(rows: list[dict], score: str | None = None) -> list[dict]:
             out.append({"what": f"{r['row']} − BiPVL label name only", "run": r["run"], "group": r["group"],
                         "vs": "bipvl_name_only", **paired(per_case(r, score), per_case(name_only, score))})
     default = option_group(CLASS_TEXT_OPTIONS[0])
-    for r in done:  # what decides the default class-text option: every other option - the default, same dataset
+    for r in done:  # what decides the class-text default: every other option - the first (token), same dataset
         base = by.get((default, r["run"]))
         if r["group"].startswith("bipvl_") and r["group"] not in (default, "bipvl_name_only") and base is not None:
             out.append({"what": f"{r['row']} − {base['row']}", "run": r["run"], "group": r["group"], "vs": default,
@@ -728,8 +728,9 @@ def run_benchmark(src: Path, workdir: Path, epochs: int, iterations: int, val_it
         if row.get("status"):
             continue
         done = reusable.get((row["trainer"], row["group"], row["run"], row.get("option")))
-        if done is not None and not (fold_dir(res_root / folders[row["dataset"]].name, row["trainer"],
-                                              done.get("plans", PLANS)) / "checkpoint_final.pth").is_file():
+        own_plans = option_plans_name(options[row["option"]]) if "option" in row else PLANS
+        if done is not None and not (fold_dir(res_root / folders[row["dataset"]].name, row["trainer"], own_plans)
+                                     / "checkpoint_final.pth").is_file():
             row.update(done)
             _say(started, f"{row['row']} (run {row['run']}): scored earlier (code {row['reused_from']}), "
                           f"taken from the earlier real3d.json")

@@ -47,15 +47,25 @@ def load_preset(name_or_path: str) -> dict:
     return preset
 
 
-def class_text_mode(preset: dict) -> str:
-    """How class descriptions enter BiPVL's fused text (networks.text_branch.CLASS_TEXT_MODES): the preset's
-    `class_text`, "token" when it has none."""
+CLASS_TEXT_AUTO = "auto"  # sentences when the dataset has no reports, token when it has
+
+
+def class_text_mode(preset: dict, training_reports: int) -> tuple[str, str]:
+    """How class descriptions enter BiPVL's fused text (networks.text_branch.CLASS_TEXT_MODES) and why: the preset's
+    `class_text` ("token" when it has none); "auto" is "sentences" on a dataset whose training cases have no report
+    (the class text is its only text) and "token" on one with reports."""
     mode = preset.get("class_text", "token")
+    if mode == CLASS_TEXT_AUTO:
+        chosen = "token" if training_reports > 0 else "sentences"
+        why = (f"{training_reports} training case(s) with a report" if training_reports > 0
+               else "no reports: the class descriptions are the only text")
+        return chosen, f"preset '{preset.get('name')}': class_text auto -> {chosen} ({why})"
     if mode not in CLASS_TEXT_MODES:
-        raise PresetError(f"preset '{preset.get('name')}': class_text '{mode}' is not one of {CLASS_TEXT_MODES}. Fix: "
-                          f"set \"class_text\" to \"token\" (one token per class) or \"sentences\" (each description "
-                          f"read through the text layers and the fusion)")
-    return mode
+        raise PresetError(f"preset '{preset.get('name')}': class_text '{mode}' is not one of "
+                          f"{(*CLASS_TEXT_MODES, CLASS_TEXT_AUTO)}. Fix: set \"class_text\" to \"token\" (one token "
+                          f"per class), \"sentences\" (each description read through the text layers and the fusion) "
+                          f"or \"auto\" (sentences without reports, token with)")
+    return mode, f"preset '{preset.get('name')}': class_text {mode}"
 
 
 def _round_up(n: float, multiple: int = 8) -> int:
@@ -263,7 +273,8 @@ class VLPlannerMixin:
         preset, cfg = self.text_spec["preset"], self.text_spec["encoder_config"]
         max_report, max_label, max_concept = self._token_limits()
         class_names = self.text_spec["class_names"]
-        class_text = class_text_mode(preset)
+        class_text, class_text_source = class_text_mode(
+            preset, int(self.text_spec["fingerprint"]["training_cases_with_report"]))
         # each class joins the report in fusion as one token, or as its description's tokens ("sentences")
         num_text_tokens = max_report + len(class_names) * (1 if class_text == "token" else max_label)
         stages, pools, estimate_mb, held_mb, reason = self._fusion_stages(conf, num_text_tokens)
@@ -284,7 +295,8 @@ class VLPlannerMixin:
             {"bipvl": float(preset["text_lr_factor"]),
              "tmca": float(tmca.get("text_lr_factor", preset["text_lr_factor"]))})
         print(f"{configuration_name}: text encoder {encoder_parameters / 1e6:.1f}M parameters, fixed training memory "
-              + ", ".join(f"{m} {v:.0f} MB" for m, v in encoder_mb.items()) + "; fusion " + reason)
+              + ", ".join(f"{m} {v:.0f} MB" for m, v in encoder_mb.items()) + f"; class text as {class_text}; fusion "
+              + reason)
         if encoder_warning:
             print(f"WARNING ({configuration_name}): {encoder_warning}")
         return {
@@ -311,6 +323,7 @@ class VLPlannerMixin:
             "text_encoder_vram_warning": encoder_warning,
             "train_word_embeddings": bool(preset.get("train_word_embeddings", False)),
             "class_text": class_text,
+            "class_text_source": class_text_source,
             "train_concepts": bool(preset.get("train_concepts", False)),
             "text_lr_factor": preset["text_lr_factor"],
             "contrastive": dict(preset["contrastive"]),

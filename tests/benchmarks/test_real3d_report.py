@@ -138,12 +138,13 @@ def test_options_are_detected_by_their_key_and_rows_say_so(tmp_path):
     sentences = real3d.ClassTextOption("sentences", "as sentences", "class_text", "sentences")
     (tmp_path / "bipvl.json").write_text(json.dumps({"fusion_dim": 128, "class_text_only_note": 1}))
     assert not real3d.option_built(sentences, (tmp_path,))  # another key that starts with the name is not it
-    assert real3d.option_built(real3d.CLASS_TEXT_OPTIONS[0], (tmp_path,))  # the default needs no key
+    assert real3d.option_built(real3d.ClassTextOption("planned", "as planned"), (tmp_path,))  # no key: as planned
+    assert not real3d.option_built(real3d.CLASS_TEXT_OPTIONS[0], (tmp_path,))  # token is a key too
     rows = real3d.plan_rows(10, 50, 2, tmca=False, sources=(tmp_path,))
     assert [r["trainer"] for r in rows if r["run"] == 2][0] == "nnUNetTrainer_10x50_run2"
     status = {(r["group"], r["run"]): r.get("status") for r in rows}
     assert status[("bipvl_sentences", 1)] == "not run (option not built)"
-    assert status[("bipvl_token", 1)] is None and status[("bipvl_name_only", 2)] is None
+    assert status[("bipvl_token", 1)] == "not run (option not built)" and status[("bipvl_name_only", 2)] is None
     assert status[("tmca", 1)].startswith("not run: TMCA reads only reports")
     (tmp_path / "bipvl.json").write_text(json.dumps({"class_text": "token"}))
     assert real3d.option_built(sentences, (tmp_path,))
@@ -153,7 +154,8 @@ def test_options_are_detected_by_their_key_and_rows_say_so(tmp_path):
 
 def test_option_preset_is_the_bipvl_preset_with_the_key(tmp_path):
     real3d = _real3d()
-    assert real3d.option_plans_name(real3d.CLASS_TEXT_OPTIONS[0]) == "nnUNetPlans"
+    assert real3d.option_plans_name(real3d.ClassTextOption("planned", "as planned")) == "nnUNetPlans"
+    assert real3d.option_plans_name(real3d.CLASS_TEXT_OPTIONS[0]) == "nnUNetPlans_classtext_token"
     option = real3d.ClassTextOption("sentences", "as sentences", "class_text", "sentences")
     assert real3d.option_plans_name(option) == "nnUNetPlans_classtext_sentences"
     base = tmp_path / "bipvl.json"

@@ -70,7 +70,8 @@ def test_plans_text_section_shows_the_lateral_pairs(tiny_bert):
     planner = object.__new__(nnUNetPlannerVL)  # the text section only: the image plans are nnU-Net's
     planner.UNet_vram_target_GB = 8
     tokens = {"p95": 16}
-    fingerprint = {"report_tokens": tokens, "label_text_tokens": tokens, "concept_tokens": tokens}
+    fingerprint = {"report_tokens": tokens, "label_text_tokens": tokens, "concept_tokens": tokens,
+                   "training_cases_with_report": 4}
     conf = {"patch_size": [8, 8, 8], "batch_size": 2,
             "architecture": {"arch_kwargs": {"n_stages": 2, "strides": [[1, 1, 1], [2, 2, 2]],
                                              "features_per_stage": [8, 16]}}}

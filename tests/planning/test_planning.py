@@ -269,6 +269,19 @@ def test_presets():
         load_preset("nope")
 
 
+def test_class_text_auto_is_sentences_without_reports_and_token_with():
+    from nnunet_vl.planning.planners import class_text_mode
+
+    preset = dict(load_preset("bipvl"), class_text="auto")
+    assert class_text_mode(preset, 0)[0] == "sentences"
+    mode, why = class_text_mode(preset, 3)
+    assert mode == "token" and "3 training case(s) with a report" in why
+    assert class_text_mode(dict(preset, class_text="sentences"), 3)[0] == "sentences"
+    assert class_text_mode({k: v for k, v in preset.items() if k != "class_text"}, 0)[0] == "token"
+    with pytest.raises(PresetError, match="or \"auto\""):
+        class_text_mode(dict(preset, class_text="words"), 0)
+
+
 def test_class_text_sentences_reach_plans_network_and_text_budget(planned_2d, tiny_bert, nnunet_folders, tmp_path):
     """The preset's class_text and train_concepts reach the plans and the network; read as sentences, the class
     descriptions' tokens count in the fusion estimate (C * max_label_tokens instead of C tokens)."""
@@ -287,6 +300,7 @@ def test_class_text_sentences_reach_plans_network_and_text_budget(planned_2d, ti
     plans = PlansManager(str(folder / "SentencesPlans.json"))
     sentences = plans.get_configuration("2d").configuration["text"]
     assert (token["class_text"], token["train_concepts"]) == ("token", False)
+    assert token["class_text_source"] == "preset 'bipvl': class_text token"
     assert (sentences["class_text"], sentences["train_concepts"]) == ("sentences", True)
     assert sum(sentences["fusion_vram_estimate_mb"].values()) > sum(token["fusion_vram_estimate_mb"].values())
     network = build_vl_network("bipvl", plans, plans.get_configuration("2d"), 1, 2)

@@ -58,8 +58,6 @@ def test_planning_says_class_text_only_once_and_caches_empty_reports(planned, nn
     assert json.loads((folder / "dataset_fingerprint.json").read_text())["text"]["training_cases_with_report"] == 0
 
 
-
-
 @pytest.mark.parametrize("name", ["nnUNetTrainerBiPVL_cpu", "nnUNetTrainerTMCA_cpu"])
 def test_both_trainers_step_on_empty_reports(planned, nnunet_folders, name, loader_batch, vl_trainer):
     trainer = vl_trainer(name, nnunet_folders["nnUNet_preprocessed"] / NAME)
